@@ -1,0 +1,121 @@
+"""Patch extraction and augmentation on numpy arrays, each drawing from an explicit Generator.
+
+Spatial: a patch is read around a centre, optionally through a small random rotation and
+scaling (image linear, labels nearest), padded where it leaves the volume; a left/right
+flip mirrors axis 0 (x in RAS+) and swaps left and right label ids. Intensity: bias field,
+gamma, contrast and noise on the normalised patch, or SynthSeg-style random intensities
+drawn per label. Shapes: image patches [X, Y, Z], label patches [X, Y, Z] uint8 ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def random_rotation_scaling(
+    rng: np.random.Generator, max_rotation_deg: float, scale_range: tuple[float, float]
+) -> np.ndarray:
+    """3x3 matrix R(angles) @ diag(scales): angles uniform per axis, one scale per axis."""
+    ax, ay, az = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx @ np.diag(rng.uniform(*scale_range, 3))
+
+
+def extract_patch(
+    image: np.ndarray,
+    label: np.ndarray,
+    centre: np.ndarray,
+    size: tuple[int, int, int],
+    *,
+    matrix: np.ndarray | None = None,
+    pad_value: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patch of `size` centred on voxel `centre`, padded outside the volume.
+
+    With `matrix` (3x3, in voxel units) patch offset p reads volume position centre + M p;
+    labels outside the volume are background (0).
+    """
+    size = np.asarray(size)
+    centre = np.asarray(centre, np.float64)
+    if matrix is None:
+        lo = np.round(centre).astype(int) - size // 2
+        hi = lo + size
+        src = tuple(
+            slice(max(a, 0), min(b, n)) for a, b, n in zip(lo, hi, image.shape, strict=True)
+        )
+        dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo, strict=True))
+        img = np.full(size, pad_value, np.float32)
+        lab = np.zeros(size, np.uint8)
+        img[dst] = image[src]
+        lab[dst] = label[src]
+        return img, lab
+    offsets = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in size], indexing="ij"))
+    coords = np.tensordot(matrix, offsets, axes=(1, 0)) + centre[:, None, None, None]
+    img = ndimage.map_coordinates(
+        np.asarray(image), coords, order=1, mode="constant", cval=pad_value
+    )
+    lab = ndimage.map_coordinates(np.asarray(label), coords, order=0, mode="constant", cval=0)
+    return img.astype(np.float32), lab.astype(np.uint8)
+
+
+def flip_lr(
+    image: np.ndarray, label: np.ndarray, swap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror axis 0 (x) and swap left/right ids through the [256] lookup table `swap`."""
+    return image[::-1].copy(), swap[label[::-1]]
+
+
+def smooth_noise(rng: np.random.Generator, shape, control: int = 4) -> np.ndarray:
+    """[*shape] smooth unit-scale random field (cubic upsampling of a control^3 grid)."""
+    coarse = rng.standard_normal((control,) * 3)
+    return ndimage.zoom(coarse, [n / control for n in shape], order=3, mode="nearest")[
+        : shape[0], : shape[1], : shape[2]
+    ]
+
+
+def intensity_augment(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    prob: float,
+    gamma_range: tuple[float, float],
+    bias_std: float,
+    contrast_range: tuple[float, float],
+    noise_std: float,
+) -> np.ndarray:
+    """Bias field, gamma, contrast and Gaussian noise, each applied with probability `prob`.
+
+    Bias and gamma act on the patch rescaled to [0, 1] and map back to its range, so they
+    behave the same whatever the normalisation's offset.
+    """
+    out = image.astype(np.float32)
+    lo, hi = float(out.min()), float(out.max())
+    if hi > lo and (rng.random() < prob or rng.random() < prob):
+        u = (out - lo) / (hi - lo)
+        if rng.random() < prob:
+            u = u * np.exp(bias_std * smooth_noise(rng, u.shape)).astype(np.float32)
+        if rng.random() < prob:
+            u = np.clip(u, 0, None) ** rng.uniform(*gamma_range)
+        out = (u * (hi - lo) + lo).astype(np.float32)
+    if rng.random() < prob:
+        mean = out.mean()
+        out = (out - mean) * rng.uniform(*contrast_range) + mean
+    if rng.random() < prob:
+        out = out + rng.uniform(0, noise_std) * rng.standard_normal(out.shape, dtype=np.float32)
+    return out.astype(np.float32)
+
+
+def synth_intensities(
+    label: np.ndarray, rng: np.random.Generator, max_blur: float = 1.0
+) -> np.ndarray:
+    """SynthSeg-style image: a random Gaussian per label id, blurred, then standardised."""
+    means = rng.uniform(-2.0, 2.0, 256).astype(np.float32)
+    stds = rng.uniform(0.0, 0.35, 256).astype(np.float32)
+    img = means[label] + stds[label] * rng.standard_normal(label.shape, dtype=np.float32)
+    sigma = rng.uniform(0.0, max_blur)
+    if sigma > 0.1:
+        img = ndimage.gaussian_filter(img, sigma)
+    return ((img - img.mean()) / max(float(img.std()), 1e-6)).astype(np.float32)
