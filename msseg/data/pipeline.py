@@ -17,6 +17,7 @@ seed alone, and its iterator state is saved/restored with orbax
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import grain
@@ -194,3 +195,25 @@ def make_dataset(
             grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=2)
         )
     return it_ds
+
+
+def measure_throughput(
+    cache: str, split: str, cfg: PipelineConfig, *, batches: int, seed: int = 0
+) -> dict:
+    """Patches/s of the pipeline after its first batch (worker start-up is timed separately)."""
+    start = time.perf_counter()
+    it = iter(make_dataset(cache, split, cfg, seed=seed, shard=grain.sharding.NoSharding()))
+    next(it)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    seconds = time.perf_counter() - start
+    return {
+        "num_workers": cfg.num_workers,
+        "patch_size": list(cfg.patch_size),
+        "batch_size": cfg.batch_size,
+        "batches": batches,
+        "first_batch_s": round(first, 3),
+        "patches_per_s": round(batches * cfg.batch_size / seconds, 2),
+    }

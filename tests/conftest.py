@@ -1,0 +1,27 @@
+"""Shared test setup: 8 fake CPU devices, parsed absl flags, and a tiny preprocessed cache."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
+
+
+@pytest.fixture(scope="session")
+def tiny_mni_cache(tmp_path_factory):
+    """A small embedded set (2 train / 1 val / 1 test at 4 mm) preprocessed at 4 mm."""
+    from msseg.data import datasets, mni152, preprocess
+
+    root = tmp_path_factory.mktemp("mni")
+    cfg = mni152.SynthConfig(counts=(3, 1, 1), spacing=4.0)
+    folder = mni152.build(cfg, cache=root / "cache", workers=2)
+    dataset = datasets.resolve(folder)
+    out = root / "prep"
+    preprocess.preprocess_dataset(
+        dataset, out, preprocess.PreprocessConfig(spacing=(4.0, 4.0, 4.0))
+    )
+    return out
