@@ -1,4 +1,4 @@
-"""Benchmark the grain patch pipeline: patches/s for given worker counts, side by side in one run."""
+"""Benchmark the grain patch pipeline: patches/s per worker count, side by side in one run."""
 
 import dataclasses
 import json
