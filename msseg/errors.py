@@ -16,3 +16,6 @@ class InputError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{self.path}: {problem}")
+
+    def __reduce__(self):  # survives pickling, e.g. out of a worker process
+        return (type(self), (self.path, self.problem))

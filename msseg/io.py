@@ -337,9 +337,13 @@ def _map_labels(
         out = _map(labels, vox, out_shape, 0, np.int32)
     elif mode == "onehot":
         # Running max/argmax over per-label indicators: memory O(volume), not O(K * volume).
+        # Exact ties (a 2-voxel structure straddling two 2x blocks is 4/8 in each) go to the
+        # lowest non-zero value, and to 0 only when nothing else is as likely, so thin
+        # structures are not erased by downsampling: non-zero values first, 0 last.
         out = np.zeros(tuple(out_shape), np.int32)
         best = np.zeros(tuple(out_shape), np.float32)
-        for value in np.unique(labels):
+        values = np.unique(labels)
+        for value in np.concatenate([values[values != 0], values[values == 0]]):
             prob = _map((labels == value).astype(np.float32), vox, out_shape, 1, np.float32)
             better = prob > best
             best[better] = prob[better]

@@ -122,20 +122,20 @@ def _entry_paths(root: Path, entry, where: Path) -> tuple[str, str | None]:
     return resolve_path(image), resolve_path(label)
 
 
-def case_id_of(path: str | os.PathLike) -> str:
-    """File name without the NIfTI suffix and without an nnU-Net channel suffix (_0000)."""
+def case_id_of(path: str | os.PathLike, *, channel: bool = False) -> str:
+    """File name without its NIfTI suffix; channel=True also strips an nnU-Net `_0000`."""
     name = Path(path).name
     for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return re.sub(r"_\d{4}$", "", name)
+    return re.sub(r"_\d{4}$", "", name) if channel else name
 
 
 def _from_dataset_json(root: Path, meta_path: Path, override, val_fraction) -> Dataset:
     meta = _read_json(meta_path)
     cases, seen = [], set()
-    has_val = isinstance(meta.get("validation"), list)
+    has_val = bool(meta.get("validation"))
     for key, split in (("training", "train"), ("validation", "val"), ("test", "test")):
         for entry in meta.get(key) or []:
             image, label = _entry_paths(root, entry, meta_path)
@@ -145,9 +145,8 @@ def _from_dataset_json(root: Path, meta_path: Path, override, val_fraction) -> D
             if cid in seen:
                 raise InputError(meta_path, f"duplicate case id {cid!r}")
             seen.add(cid)
-            if split == "train" and not has_val:
-                split = hash_split(cid, val_fraction)
-            cases.append(Case(cid, image, label, split))
+            own = hash_split(cid, val_fraction) if split == "train" and not has_val else split
+            cases.append(Case(cid, image, label, own))
     _check_files(cases)
     name = str(meta.get("name", root.name))
     return Dataset(name, str(root), _protocol(meta, override, meta_path), tuple(cases))
@@ -167,7 +166,7 @@ def _from_nnunet_folders(root: Path, meta: dict, override, val_fraction) -> Data
     ):
         labels = {case_id_of(p): p for p in _nifti_files(root / lab_dir)}
         for image in _nifti_files(root / img_dir):
-            cid = case_id_of(image)
+            cid = case_id_of(image, channel=True)
             channel = re.search(r"_(\d{4})\.", image.name)
             if channel and channel.group(1) != "0000":
                 raise InputError(image, "msseg takes one T1 channel (_0000); found another channel")
@@ -180,10 +179,11 @@ def _from_nnunet_folders(root: Path, meta: dict, override, val_fraction) -> Data
             )
     if not cases:
         raise InputError(root / "imagesTr", "no NIfTI images found")
+    where = root / "dataset.json" if (root / "dataset.json").is_file() else root
     return Dataset(
         str(meta.get("name", root.name)),
         str(root),
-        _protocol(meta, override, root / "dataset.json"),
+        _protocol(meta, override, where),
         tuple(cases),
     )
 

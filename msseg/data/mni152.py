@@ -119,16 +119,20 @@ def load_template() -> Template:
 def tissue_labels(
     t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, x_world: np.ndarray
 ) -> np.ndarray:
-    """The mni-tissue rule of DESIGN.md §3 on maps in [0, 1] (computed in float64).
+    """The mni-tissue rule of DESIGN.md §3 on maps in [0, 1]. Returns uint8 values 0..6.
 
     brain = t1 > 0.2; p_csf = clip(1 - gm - wm, 0, 1); tissue = argmax(p_csf, gm, wm) with
-    ties going to the first; left where world x < 0. Returns uint8 values 0..6.
+    ties going to the first; left where world x < 0. The maps are uint8/255 on the template,
+    so the rule is evaluated in units of 1/255 rounded to 1e-4: exact there (T1 = 51 is not
+    brain; GM = 126, WM = 3 is a CSF/GM tie, so CSF), and still defined between grid values
+    on interpolated maps.
     """
-    gm, wm = np.asarray(gm, np.float64), np.asarray(wm, np.float64)
-    p = np.stack([np.clip(1.0 - gm - wm, 0.0, 1.0), gm, wm])
+    q = lambda a: np.round(np.asarray(a, np.float64) * 255.0, 4)
+    gm, wm = q(gm), q(wm)
+    p = np.stack([np.clip(255.0 - gm - wm, 0.0, 255.0), gm, wm])
     tissue = np.argmax(p, axis=0).astype(np.uint8)  # argmax returns the first maximum
     side = np.where(np.asarray(x_world) < 0, 0, 3).astype(np.uint8)
-    return np.where(np.asarray(t1, np.float64) > 0.2, 1 + tissue + side, 0).astype(np.uint8)
+    return np.where(q(t1) > 51.0, 1 + tissue + side, 0).astype(np.uint8)
 
 
 def template_labels(template: Template) -> np.ndarray:
@@ -310,6 +314,9 @@ def build(
 ) -> Path:
     """Returns the folder of the embedded set, generating it first if it is absent or damaged."""
     final = dataset_dir(cfg, cache)
+    for stale in final.parent.glob(final.name + ".tmp-*"):
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
     if final.exists():
         problem = verify(final)
         if problem is None:
@@ -317,9 +324,6 @@ def build(
         logging.warning("mni152 cache %s is damaged (%s): rebuilding it", final, problem)
         shutil.rmtree(final, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(final.name + ".tmp-*"):
-        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
     tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):

@@ -72,7 +72,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean0 = m0 / np.maximum(w0, 1)
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
+    return float(edges[int(np.argmax(between[:-1])) + 1])  # upper edge of the lower class
 
 
 def head_mask(image: np.ndarray) -> np.ndarray:
@@ -280,7 +280,7 @@ def preprocess_dataset(
     order = {c.case_id: i for i, c in enumerate(dataset.cases)}
     manifest["cases"] = dict(sorted(manifest["cases"].items(), key=lambda kv: order[kv[0]]))
     _write_manifest(out, manifest)
-    return manifest
+    return load_manifest(out)
 
 
 def summarize(manifest: dict) -> str:
@@ -288,10 +288,9 @@ def summarize(manifest: dict) -> str:
     protocol = labels_lib.Protocol.from_json(manifest["protocol"])
     names = protocol.id_names()
     cases = manifest["cases"]
-    lines = [
-        f"dataset {manifest['dataset']} ({len(cases)} cases, protocol {protocol.name}, "
-        f"spacing {manifest['config']['spacing']} mm)"
-    ]
+    spacing = "x".join(f"{s:g}" for s in manifest["config"]["spacing"])
+    head = f"dataset {manifest['dataset']} ({len(cases)} cases, protocol {protocol.name}"
+    lines = [f"{head}, {spacing} mm)"]
     for split in ("train", "val", "test"):
         recs = [r for r in cases.values() if r["split"] == split]
         if recs:
