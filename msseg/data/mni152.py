@@ -30,6 +30,8 @@ import numpy as np
 from absl import logging
 from scipy import ndimage
 
+from msseg.data import augment
+
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -167,15 +169,6 @@ def smooth_field(shape, extent_mm, grid_mm: float, rng: np.random.Generator) -> 
     return field.astype(np.float32)
 
 
-def _rotation(angles_rad: np.ndarray) -> np.ndarray:
-    cx, cy, cz = np.cos(angles_rad)
-    sx, sy, sz = np.sin(angles_rad)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def subject_grid(template: Template, spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
     """Output shape and affine: the template's field of view at `spacing` mm (same edges)."""
     shape = tuple(max(1, round(n / spacing)) for n in template.t1.shape)
@@ -200,8 +193,7 @@ def synthesize_subject(
     if identity:
         m, shift = np.eye(3), np.zeros(3)
     else:
-        angles = np.deg2rad(rng.uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg, 3))
-        m = _rotation(angles) @ np.diag(rng.uniform(*cfg.scale_range, 3))
+        m = augment.random_rotation_scaling(rng, cfg.max_rotation_deg, cfg.scale_range)
         shift = rng.uniform(-cfg.max_translation_mm, cfg.max_translation_mm, 3)
     # source voxel = inv_t @ (centre + m @ (world_out - centre) + shift + displacement)
     lin = inv_t[:3, :3] @ m @ affine[:3, :3]
