@@ -1,0 +1,214 @@
+"""DDPM ancestral and DDIM samplers on lax.scan, generic over the denoiser.
+
+The denoiser is a plain function `denoise(x_t, t) -> prediction` of x_t [B, X, Y, Z, K]
+(any trailing shape) and t int32 [B] (every entry the current timestep), predicting the
+`Target` it was trained for; conditioning (the image, the params) lives in its closure.
+Samplers are pure functions of (x_t, key): the same key gives the same sample. They run in
+float32 and return float32 x0 samples shaped like x_t.
+
+Conventions:
+- Chains start at `t_start` (default T-1, pure noise); a smaller `t_start` continues a
+  partially noised start (e.g. an upsampled coarse sample in the multiscale sampler).
+- x0_hat is clipped to [-1, 1] when `clip_x0` (the masks are one-hot scaled to [-1, 1]);
+  the noise estimate is then recomputed from the clipped x0_hat, so the two stay consistent.
+- The last DDPM step (t = 0) adds no noise and returns the posterior mean, which is x0_hat;
+  the last DDIM step goes to "t = -1" (ab = 1) and returns x0_hat.
+- Per-step randomness comes from `jax.random.split(key, num_steps)`, step i using key i.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msseg.diffusion import schedule as sched
+from msseg.diffusion.schedule import Schedule, Target
+
+DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""(x_t [B, X, Y, Z, K], t int32 [B]) -> prediction [B, X, Y, Z, K] of the model's `Target`."""
+
+
+def _resolve_t_start(num_timesteps: int, t_start: int | None) -> int:
+    t_max = num_timesteps - 1
+    t0 = t_max if t_start is None else int(t_start)
+    if not 0 <= t0 <= t_max:
+        raise ValueError(f"t_start must lie in [0, {t_max}], got {t_start}")
+    return t0
+
+
+def ddim_timesteps(num_timesteps: int, steps: int, t_start: int | None = None) -> np.ndarray:
+    """`steps` timesteps [steps] int32, strictly decreasing from t_start (default T-1) to 0.
+
+    Evenly spaced over [0, t_start], both ends included: round-half-up of
+    linspace(t_start, 0, steps). Spacing >= 1 makes them unique. `steps` = 1 gives
+    [t_start] (one denoiser call straight to x0); `steps` = t_start + 1 gives every
+    timestep (DDIM over the full chain). steps > t_start + 1 raises ValueError.
+    """
+    t0 = _resolve_t_start(num_timesteps, t_start)
+    if not 1 <= steps <= t0 + 1:
+        raise ValueError(f"steps must lie in [1, {t0 + 1}] for t_start={t0}, got {steps}")
+    return np.floor(np.linspace(t0, 0, steps) + 0.5).astype(np.int32)
+
+
+def _per_example(v: jax.Array, ndim: int) -> jax.Array:
+    """[B] (or a scalar) -> [B, 1, ..., 1] to broadcast over an `ndim` array."""
+    v = jnp.asarray(v)
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def ddpm_step(
+    s: Schedule, x_t: jax.Array, t: jax.Array, x0_hat: jax.Array, noise: jax.Array
+) -> jax.Array:
+    """One ancestral step: x_{t-1} = posterior mean(x0_hat, x_t) + exp(0.5 log var) noise.
+
+    x_t, x0_hat, noise [B, ...]; t int [B]. No noise where t = 0 (the result is x0_hat).
+    """
+    mean, _, log_var = sched.q_posterior(s, x0_hat, x_t, t)
+    std = jnp.where(_per_example(t, jnp.ndim(x_t)) > 0, jnp.exp(0.5 * log_var), 0.0)
+    return mean + std * noise
+
+
+def _at(s: Schedule, name: str, t: jax.Array, ndim: int, at_minus_one: float) -> jax.Array:
+    """table[t] as [B, 1, ..., 1], with `at_minus_one` where t = -1 (past the last step)."""
+    t = jnp.asarray(t, jnp.int32)
+    values = sched.extract(s.table(name), jnp.maximum(t, 0), ndim)
+    return jnp.where(_per_example(t, ndim) < 0, at_minus_one, values)
+
+
+def _ddim_coefs(
+    s: Schedule, t: jax.Array, t_next: jax.Array, eta: float | jax.Array, ndim: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(sqrt(ab'), sqrt(1 - ab' - sigma^2), sigma), each [B, 1, ..., 1]; ab' = 1 at t' = -1.
+
+    With r = 1 - ab/ab': sigma^2 = eta^2 (1 - ab')/(1 - ab) r, and the direction term
+    1 - ab' - sigma^2 = (1 - ab')/(1 - ab) ((1 - eta^2) r + (ab/ab') (1 - ab')), a sum of
+    non-negative terms (no float32 cancellation where ab is tiny); r = -expm1(log ab - log ab')
+    keeps its accuracy where ab and ab' are close to 1.
+    """
+    sqrt_1m = _at(s, "sqrt_one_minus_alphas_cumprod", t, ndim, 0.0)
+    sqrt_1m_next = _at(s, "sqrt_one_minus_alphas_cumprod", t_next, ndim, 0.0)
+    log_ratio = _at(s, "log_alphas_cumprod", t, ndim, 0.0) - _at(
+        s, "log_alphas_cumprod", t_next, ndim, 0.0
+    )
+    r = jnp.maximum(-jnp.expm1(log_ratio), 0.0)
+    scale = (sqrt_1m_next / sqrt_1m) ** 2
+    sigma = eta * jnp.sqrt(scale * r)
+    dir_sq = scale * ((1.0 - eta**2) * r + jnp.exp(log_ratio) * sqrt_1m_next**2)
+    sqrt_ab_next = _at(s, "sqrt_alphas_cumprod", t_next, ndim, 1.0)
+    return sqrt_ab_next, jnp.sqrt(jnp.maximum(dir_sq, 0.0)), sigma
+
+
+def ddim_step(
+    s: Schedule,
+    x_t: jax.Array,
+    t: jax.Array,
+    t_next: jax.Array,
+    x0_hat: jax.Array,
+    eps_hat: jax.Array,
+    eta: float | jax.Array,
+    noise: jax.Array,
+) -> jax.Array:
+    """One DDIM update (Song et al. 2021, eq. 12) from t to t_next < t (t_next = -1: ab' = 1).
+
+    x_{t'} = sqrt(ab') x0_hat + sqrt(1 - ab' - sigma^2) eps_hat + sigma noise, with
+    sigma = eta sqrt((1 - ab')/(1 - ab)) sqrt(1 - ab/ab'). x_t, x0_hat, eps_hat, noise
+    [B, ...]; t, t_next int [B] (x_t only sets the rank). eta = 0 is deterministic; eta = 1
+    with t_next = t - 1 is the ancestral (DDPM) step. At t_next = -1 the result is x0_hat.
+    """
+    sqrt_ab_next, dir_coef, sigma = _ddim_coefs(s, t, t_next, eta, jnp.ndim(x_t))
+    return sqrt_ab_next * x0_hat + dir_coef * eps_hat + sigma * noise
+
+
+def _predict(
+    denoise: DenoiseFn,
+    s: Schedule,
+    x: jax.Array,
+    tb: jax.Array,
+    target: Target,
+    clip_x0: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """(x0_hat, eps_hat) from one denoiser call; x0_hat clipped and eps_hat recomputed."""
+    pred = jnp.asarray(denoise(x, tb), jnp.float32)
+    x0_hat, eps_hat = sched.to_x0_eps(s, x, tb, pred, target)
+    if clip_x0:
+        x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
+        eps_hat = sched.eps_from_x0(s, x, tb, x0_hat)
+    return x0_hat, eps_hat
+
+
+def ddpm_sample(
+    denoise: DenoiseFn,
+    s: Schedule,
+    x_t: jax.Array,
+    key: jax.Array,
+    *,
+    target: Target,
+    t_start: int | None = None,
+    clip_x0: bool = True,
+) -> jax.Array:
+    """Ancestral sampling from x_t [B, ...] at t_start (default T-1) down to t = 0.
+
+    Each of the t_start + 1 steps calls the denoiser once: x0_hat from its prediction
+    (clipped to [-1, 1] if `clip_x0`), x_{t-1} = `ddpm_step`. Returns x0 [B, ...] float32
+    (the last posterior mean).
+    """
+    t0 = _resolve_t_start(s.num_timesteps, t_start)
+    x = jnp.asarray(x_t, jnp.float32)
+    batch = x.shape[0]
+    ts = jnp.arange(t0, -1, -1, dtype=jnp.int32)
+    keys = jax.random.split(key, t0 + 1)
+
+    def body(x, step):
+        t, k = step
+        tb = jnp.full((batch,), t, jnp.int32)
+        x0_hat, _ = _predict(denoise, s, x, tb, target, clip_x0)
+        noise = jax.random.normal(k, x.shape, jnp.float32)
+        return ddpm_step(s, x, tb, x0_hat, noise), None
+
+    x, _ = jax.lax.scan(body, x, (ts, keys))
+    return x
+
+
+def ddim_sample(
+    denoise: DenoiseFn,
+    s: Schedule,
+    x_t: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int,
+    eta: float = 0.0,
+    target: Target,
+    t_start: int | None = None,
+    clip_x0: bool = True,
+) -> jax.Array:
+    """DDIM sampling from x_t [B, ...] at t_start (default T-1) over `ddim_timesteps`.
+
+    `steps` denoiser calls; each goes from t to the next timestep (the last to t = -1,
+    returning x0_hat) with `ddim_step`. eta = 0 (a Python 0) draws no noise at all.
+    Returns x0 [B, ...] float32.
+    """
+    t0 = _resolve_t_start(s.num_timesteps, t_start)
+    ts_np = ddim_timesteps(s.num_timesteps, steps, t0)
+    ts = jnp.asarray(ts_np)
+    ts_next = jnp.asarray(np.append(ts_np[1:], -1).astype(np.int32))
+    stochastic = not (isinstance(eta, (int, float)) and eta == 0)
+    x = jnp.asarray(x_t, jnp.float32)
+    batch = x.shape[0]
+    keys = jax.random.split(key, steps)
+
+    def body(x, step):
+        t, t_next, k = step
+        tb = jnp.full((batch,), t, jnp.int32)
+        tb_next = jnp.full((batch,), t_next, jnp.int32)
+        x0_hat, eps_hat = _predict(denoise, s, x, tb, target, clip_x0)
+        if stochastic:
+            noise = jax.random.normal(k, x.shape, jnp.float32)
+        else:
+            noise = jnp.zeros_like(x)
+        return ddim_step(s, x, tb, tb_next, x0_hat, eps_hat, eta, noise), None
+
+    x, _ = jax.lax.scan(body, x, (ts, ts_next, keys))
+    return x

@@ -1,0 +1,1 @@
+"""Models: the multiscale 3D U-Net (`unet`) and its building blocks (`layers`)."""

@@ -1,0 +1,162 @@
+"""The multiscale 3D U-Net: an entry stem per depth, one prediction head per decoder depth.
+
+Depth d works at 2^-d of the full input grid. An input given at depth e (already
+downsampled by 2^e) enters through `stem{e}`; the encoder runs from depth e to the
+bottleneck at depth D-1, and the decoder climbs back to depth e, emitting a prediction at
+every depth it passes. `__call__` returns a tuple `preds` with `preds[i]` at depth e + i,
+shaped [B, X/2^i, Y/2^i, Z/2^i, K] for an input [B, X, Y, Z, C] (finest first; preds[0]
+is the prediction at the input's own resolution).
+
+Sizes: the input is edge-padded up to a multiple of 2^(D-1-e) and every output is cropped
+back to ceil(size / 2^i), so any size works; patch sizes that divide are exact.
+
+Skips: "unet" concatenates the upsampled decoder with the encoder of the same depth;
+"unet3plus" feeds each decoder depth from every encoder depth at or above it (average
+pooled down) and every deeper decoder depth (upsampled), each through its own conv,
+summed (UNet 3+ full-scale aggregation; a sum keeps the channel count independent of the
+entry depth). Modes: `diffusion=True` takes concat(noisy mask [K], image) and a timestep;
+`diffusion=False` is the deterministic segmenter (image only, no timestep, logits out).
+Submodules carry explicit names, so remat on or off loads the same parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msseg.models.layers import (
+    AttentionBlock,
+    Conv3D,
+    Norm,
+    ResBlock,
+    downsample,
+    timestep_embedding,
+    upsample,
+)
+
+SKIPS = ("unet", "unet3plus")
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    num_classes: int  # K, the protocol's leaves
+    image_channels: int = 1
+    channels: tuple[int, ...] = (32, 64, 128)  # per depth; D = len(channels)
+    num_res_blocks: int = 2
+    norm_groups: int = 8
+    dropout: float = 0.0
+    attention_depths: tuple[int, ...] = ()
+    attention_heads: int = 4
+    skip: str = "unet"  # "unet" | "unet3plus"
+    dtype: str = "float32"  # compute dtype of convolutions and activations
+    param_dtype: str = "float32"
+    remat: bool = False
+    diffusion: bool = True
+
+    def __post_init__(self):
+        if self.skip not in SKIPS:
+            raise ValueError(f"skip must be one of {SKIPS}, got {self.skip!r}")
+        if any(not 0 <= d < len(self.channels) for d in self.attention_depths):
+            raise ValueError(
+                f"attention_depths {self.attention_depths} outside 0..{len(self.channels) - 1}"
+            )
+
+    @property
+    def num_depths(self) -> int:
+        return len(self.channels)
+
+    @property
+    def in_channels(self) -> int:
+        return self.image_channels + (self.num_classes if self.diffusion else 0)
+
+
+class MultiscaleUNet(nn.Module):
+    cfg: UNetConfig
+
+    def _kw(self) -> dict:
+        return {"dtype": jnp.dtype(self.cfg.dtype), "param_dtype": jnp.dtype(self.cfg.param_dtype)}
+
+    def _res(self, name: str, features: int):
+        cls = nn.remat(ResBlock, static_argnums=(3,)) if self.cfg.remat else ResBlock
+        return cls(features, self.cfg.norm_groups, self.cfg.dropout, name=name, **self._kw())
+
+    def _stage(self, prefix: str, depth: int, h, temb, train: bool):
+        for i in range(self.cfg.num_res_blocks):
+            h = self._res(f"{prefix}{depth}_res{i}", self.cfg.channels[depth])(h, temb, train)
+            if depth in self.cfg.attention_depths:
+                h = AttentionBlock(
+                    self.cfg.attention_heads,
+                    self.cfg.norm_groups,
+                    name=f"{prefix}{depth}_attn{i}",
+                    **self._kw(),
+                )(h)
+        return h
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, t: jax.Array | None = None, *, entry_depth: int = 0, train: bool = False
+    ) -> tuple[jax.Array, ...]:
+        """x [B, X, Y, Z, in_channels] at depth `entry_depth`; t [B] timesteps (diffusion only)."""
+        cfg, kw = self.cfg, self._kw()
+        n_depths, e = cfg.num_depths, entry_depth
+        if not 0 <= e < n_depths:
+            raise ValueError(f"entry_depth {e} outside 0..{n_depths - 1}")
+        if x.shape[-1] != cfg.in_channels:
+            raise ValueError(f"expected {cfg.in_channels} input channels, got {x.shape[-1]}")
+        if cfg.diffusion and t is None:
+            raise ValueError("the diffusion model needs a timestep t")
+        spatial = x.shape[1:4]
+        mult = 2 ** (n_depths - 1 - e)
+        pad = [(0, -n % mult) for n in spatial]
+        x = jnp.pad(x, [(0, 0), *pad, (0, 0)], mode="edge").astype(kw["dtype"])
+
+        temb = None
+        if cfg.diffusion:
+            dim = 4 * cfg.channels[0]
+            temb = timestep_embedding(t, cfg.channels[0])
+            temb = nn.Dense(dim, name="time_mlp0", **kw)(temb)
+            temb = nn.Dense(dim, name="time_mlp1", **kw)(nn.silu(temb))
+
+        stems = [Conv3D(cfg.channels[d], name=f"stem{d}", **kw) for d in range(n_depths)]
+        if self.is_initializing():  # create every stem's parameters whatever the entry depth
+            for d in range(n_depths):
+                if d != e:
+                    stems[d](x)
+        h = stems[e](x)
+        enc = {}
+        for d in range(e, n_depths):
+            h = self._stage("enc", d, h, temb, train)
+            enc[d] = h
+            if d < n_depths - 1:
+                h = Conv3D(cfg.channels[d + 1], stride=2, name=f"down{d}", **kw)(h)
+
+        dec = {n_depths - 1: h}
+        for d in range(n_depths - 2, e - 1, -1):
+            if cfg.skip == "unet":
+                up = Conv3D(cfg.channels[d], name=f"up{d}", **kw)(upsample(dec[d + 1], 2))
+                h = jnp.concatenate([up, enc[d]], axis=-1)
+            else:
+                h = 0
+                for s in range(e, n_depths):
+                    src = (
+                        downsample(enc[s], 2 ** (d - s))
+                        if s <= d
+                        else upsample(dec[s], 2 ** (s - d))
+                    )
+                    tag = "enc" if s <= d else "dec"
+                    h = h + Conv3D(cfg.channels[d], name=f"dec{d}_from_{tag}{s}", **kw)(src)
+                h = nn.silu(Norm(cfg.norm_groups, name=f"dec{d}_fuse_norm", **kw)(h))
+            dec[d] = self._stage("dec", d, h, temb, train)
+
+        heads = [Conv3D(cfg.num_classes, kernel=1, name=f"head{d}", **kw) for d in range(n_depths)]
+        norms = [Norm(cfg.norm_groups, name=f"head{d}_norm", **kw) for d in range(n_depths)]
+        preds = []
+        for d in range(e, n_depths):
+            out = heads[d](nn.silu(norms[d](dec[d]))).astype(jnp.float32)
+            size = [math.ceil(n / 2 ** (d - e)) for n in spatial]
+            preds.append(out[:, : size[0], : size[1], : size[2]])
+        return tuple(preds)
