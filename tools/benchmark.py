@@ -1,0 +1,38 @@
+"""Benchmark model workloads (FLOPs, compile time, s per denoiser evaluation and train step)."""
+
+import json
+import platform
+import time
+
+from absl import app, flags
+
+from msseg import benchmark
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("workload", ["w1"], f"Workloads to run: {', '.join(benchmark.WORKLOADS)}.")
+flags.DEFINE_list("dtype", ["float32"], "Compute dtypes to compare (float32, bfloat16).")
+flags.DEFINE_integer("repeats", 3, "Timed runs per pass, after one warm-up.")
+flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
+
+
+def main(argv):
+    del argv
+    unknown = [w for w in FLAGS.workload if w not in benchmark.WORKLOADS]
+    if unknown:
+        raise app.UsageError(f"unknown workload(s) {unknown}; known: {list(benchmark.WORKLOADS)}")
+    rows = []
+    for name in FLAGS.workload:
+        for dtype in FLAGS.dtype:
+            rows.append(
+                benchmark.measure(benchmark.WORKLOADS[name], repeats=FLAGS.repeats, dtype=dtype)
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    print(benchmark.format_table(rows))
+    if FLAGS.output:
+        meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "runs": rows}
+        with open(FLAGS.output, "w") as f:
+            json.dump(meta, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
