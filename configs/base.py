@@ -38,4 +38,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     p.num_workers = 0
     p.num_threads = 2
     p.prefetch = 4
+
+    # msseg.models.unet.UNetConfig, key for key (num_classes comes from the label protocol)
+    m = c.model = ml_collections.ConfigDict()
+    m.image_channels = 1
+    m.channels = (32, 64, 128)
+    m.num_res_blocks = 2
+    m.norm_groups = 8
+    m.dropout = 0.0
+    m.attention_depths = ()
+    m.attention_heads = 4
+    m.skip = "unet"  # "unet" | "unet3plus"
+    m.dtype = "float32"
+    m.param_dtype = "float32"
+    m.remat = False
+    m.diffusion = True  # False: the deterministic segmenter baseline
+
+    # msseg.diffusion: schedule, and losses.LossConfig key for key
+    d = c.diffusion = ml_collections.ConfigDict()
+    d.schedule = "cosine"  # "linear" | "cosine"
+    d.num_timesteps = 1000
+    d.target = "x0"  # "eps" | "x0" | "v"
+    d.depth_weights = ()  # () = 1/2^d normalised
+    d.mse_weight = 1.0
+    d.ce_weight = 0.0
+    d.dice_weight = 0.0
+
+    # msseg.diffusion.segment.SamplerConfig, key for key
+    s = c.sampler = ml_collections.ConfigDict()
+    s.kind = "ddim"  # "ddim" | "ddpm" | "multiscale"
+    s.steps = 10
+    s.eta = 0.0
+    s.ensemble = 1
+    s.fusion = "mean"  # "mean" | "vote"
+    s.coarse_depth = 1
+    s.coarse_steps = 10
+    s.refine_t = 0.4
+    s.refine_steps = 4
+    s.clip_x0 = True
     return c

@@ -164,17 +164,3 @@ def test_multiprocess_workers_match_shapes_and_resume(tiny_mni_cache, tmp_path):
     resumed = make()
     resumed.set_state(state)
     assert_batches_equal(take(resumed, 3), expected)
-
-
-def test_base_config_matches_pipeline_config():
-    import dataclasses
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "configs" / "base.py"
-    spec = importlib.util.spec_from_file_location("base_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    keys = module.get_config().data.pipeline.to_dict()
-    assert set(keys) == {f.name for f in dataclasses.fields(pipeline.PipelineConfig)}
-    assert pipeline.PipelineConfig(**keys) == pipeline.PipelineConfig()

@@ -1,0 +1,48 @@
+"""configs/base.py declares exactly the fields of the dataclasses it configures, with defaults."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from msseg.data.pipeline import PipelineConfig
+from msseg.diffusion import losses, segment
+from msseg.diffusion import schedule as sch
+from msseg.models.unet import UNetConfig
+
+
+def base_config():
+    path = Path(__file__).parents[1] / "configs" / "base.py"
+    spec = importlib.util.spec_from_file_location("base_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize(
+    ("section", "cls", "extra"),
+    [
+        ("data.pipeline", PipelineConfig, {}),
+        ("model", UNetConfig, {"num_classes": 7}),
+        ("sampler", segment.SamplerConfig, {}),
+    ],
+)
+def test_sections_match_their_dataclasses(section, cls, extra):
+    node = base_config()
+    for part in section.split("."):
+        node = node[part]
+    keys = node.to_dict()
+    assert set(keys) | set(extra) == {f.name for f in dataclasses.fields(cls)}
+    assert cls(**keys, **extra) == cls(**extra)
+
+
+def test_diffusion_section_matches_loss_config():
+    d = base_config().diffusion.to_dict()
+    loss_keys = {f.name for f in dataclasses.fields(losses.LossConfig)}
+    assert loss_keys <= set(d) and set(d) - loss_keys == {"schedule", "num_timesteps"}
+    cfg = losses.LossConfig(
+        **{k: v for k, v in d.items() if k in loss_keys and k != "target"},
+        target=sch.Target(d["target"]),
+    )
+    assert cfg == losses.LossConfig()
