@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # msseg.diffusion: schedule, and losses.LossConfig key for key
     d = c.diffusion = ml_collections.ConfigDict()
-    d.schedule = "cosine"  # "linear" | "cosine"
+    d.schedule = "linear"  # "linear" | "cosine" (linear: lower SNR, better for binary masks)
     d.num_timesteps = 1000
     d.target = "x0"  # "eps" | "x0" | "v"
     d.depth_weights = ()  # () = 1/2^d normalised

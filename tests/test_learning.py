@@ -42,13 +42,13 @@ def dice(pred: np.ndarray, onehot: np.ndarray) -> list[float]:
     ]
 
 
-def train(model, s, steps: int, entry1_every: int = 0):
+def train(model, s, steps: int, entry1_every: int = 0, decay: bool = False):
     """Adam on fresh phantoms; every `entry1_every` steps also one step at depth 1 (2x pooled)."""
     rng = np.random.default_rng(0)
     x, y = phantom(rng, 4)
     t0 = jnp.zeros((4,), jnp.int32) if model.cfg.diffusion else None
     params = jax.jit(model.init)(jax.random.key(0), jnp.concatenate([y, x], -1) if s else x, t0)
-    opt = optax.adam(3e-3)
+    opt = optax.adam(optax.cosine_decay_schedule(3e-3, steps, alpha=0.05) if decay else 3e-3)
     opt_state = opt.init(params)
     cfg = losses.LossConfig()
 
@@ -78,8 +78,8 @@ def test_diffusion_model_segments_a_phantom_with_ddim10():
     model = MultiscaleUNet(
         UNetConfig(num_classes=K, channels=(8, 16, 32), num_res_blocks=1, norm_groups=4)
     )
-    s = sch.make_schedule("cosine", 100)
-    params, history = train(model, s, steps=400, entry1_every=4)
+    s = sch.make_schedule("linear", 100)  # low SNR for binary masks: the image must be read sooner
+    params, history = train(model, s, steps=500, entry1_every=4)
     # an input entering at depth 1 gives outputs at depths 1 and 2 only, and its loss falls
     x, y = phantom(np.random.default_rng(98), 2)
     x1 = jnp.concatenate([downsample(jnp.asarray(2 * y - 1), 2), downsample(jnp.asarray(x), 2)], -1)
