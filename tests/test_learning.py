@@ -99,6 +99,7 @@ def test_diffusion_model_segments_a_phantom_with_ddim10():
     )
     out = sample(params, jnp.asarray(x), jax.random.key(1))
     scores = dice(np.asarray(out["labels"]), y)
+    print(f"diffusion DDIM-10 Dice (ball, box): {scores}")  # shown with pytest -s
     assert min(scores) >= 0.9, scores
 
 
@@ -113,4 +114,5 @@ def test_deterministic_mode_segments_a_phantom():
     x, y = phantom(np.random.default_rng(99), 8)
     out = jax.jit(functools.partial(segment.segment_deterministic, model))(params, jnp.asarray(x))
     scores = dice(np.asarray(out["labels"]), y)
+    print(f"deterministic Dice (ball, box): {scores}")
     assert min(scores) >= 0.9, scores
