@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.remat = False
     m.diffusion = True  # False: the deterministic segmenter baseline
+    m.conv_impl = "auto"  # "auto" (slices2d on CPU, xla elsewhere) | "xla" | "slices2d"
 
     # msseg.diffusion: schedule, and losses.LossConfig key for key
     d = c.diffusion = ml_collections.ConfigDict()

@@ -19,6 +19,7 @@ import optax
 
 from msseg.diffusion import losses
 from msseg.diffusion import schedule as sch
+from msseg.models import conv
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 
 
@@ -55,9 +56,13 @@ def _timed(fn, *args, repeats: int) -> list[float]:
     return times
 
 
-def measure(w: Workload, *, repeats: int = 3, dtype: str | None = None) -> dict:
+def measure(
+    w: Workload, *, repeats: int = 3, dtype: str | None = None, conv_impl: str | None = None
+) -> dict:
     """Compile and time one denoiser evaluation and one AdamW train step of workload `w`."""
-    cfg = dataclasses.replace(w.model, dtype=dtype) if dtype else w.model
+    cfg = w.model
+    cfg = dataclasses.replace(cfg, dtype=dtype) if dtype else cfg
+    cfg = dataclasses.replace(cfg, conv_impl=conv_impl) if conv_impl else cfg
     model = MultiscaleUNet(cfg)
     s = sch.make_schedule("cosine", 1000)
     key = jax.random.key(0)
@@ -89,6 +94,7 @@ def measure(w: Workload, *, repeats: int = 3, dtype: str | None = None) -> dict:
     out = {
         "workload": w.name,
         "dtype": cfg.dtype,
+        "conv_impl": conv.resolve(cfg.conv_impl),
         "input": [*shape, cfg.in_channels],
         "channels": list(cfg.channels),
         "backend": jax.default_backend(),
@@ -119,14 +125,15 @@ def measure(w: Workload, *, repeats: int = 3, dtype: str | None = None) -> dict:
 def format_table(rows: list[dict]) -> str:
     """One line per workload x pass: GFLOP, compile s, median s, GFLOP/s."""
     lines = [
-        f"{'workload':10s} {'dtype':9s} {'pass':11s} {'GFLOP':>9s} {'compile s':>10s} "
+        f"{'workload':10s} {'dtype':9s} {'conv':9s} {'pass':11s} {'GFLOP':>9s} {'compile s':>10s} "
         f"{'median s':>9s} {'GFLOP/s':>8s}"
     ]
     for r in rows:
         for name in ("forward", "train_step"):
             m = r[name]
             lines.append(
-                f"{r['workload']:10s} {r['dtype']:9s} {name:11s} {m['gflop']:9.1f} "
-                f"{m['compile_s']:10.1f} {m['median_s']:9.3f} {m['gflop_per_s']:8.1f}"
+                f"{r['workload']:10s} {r['dtype']:9s} {r['conv_impl']:9s} {name:11s} "
+                f"{m['gflop']:9.1f} {m['compile_s']:10.1f} {m['median_s']:9.3f} "
+                f"{m['gflop_per_s']:8.1f}"
             )
     return "\n".join(lines)

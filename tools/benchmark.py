@@ -11,6 +11,9 @@ from msseg import benchmark
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workload", ["w1"], f"Workloads to run: {', '.join(benchmark.WORKLOADS)}.")
 flags.DEFINE_list("dtype", ["float32"], "Compute dtypes to compare (float32, bfloat16).")
+flags.DEFINE_list(
+    "conv_impl", ["auto"], "Convolution implementations to compare (auto, xla, slices2d)."
+)
 flags.DEFINE_integer("repeats", 3, "Timed runs per pass, after one warm-up.")
 flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
 
@@ -23,10 +26,12 @@ def main(argv):
     rows = []
     for name in FLAGS.workload:
         for dtype in FLAGS.dtype:
-            rows.append(
-                benchmark.measure(benchmark.WORKLOADS[name], repeats=FLAGS.repeats, dtype=dtype)
-            )
-            print(json.dumps(rows[-1]), flush=True)
+            for impl in FLAGS.conv_impl:
+                w = benchmark.WORKLOADS[name]
+                rows.append(
+                    benchmark.measure(w, repeats=FLAGS.repeats, dtype=dtype, conv_impl=impl)
+                )
+                print(json.dumps(rows[-1]), flush=True)
     print(benchmark.format_table(rows))
     if FLAGS.output:
         meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "runs": rows}

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msseg.models.conv import conv3d
+
 Dtype = Any
 
 
@@ -54,27 +56,26 @@ def _groups(groups: int, channels: int) -> int:
 
 
 class Conv3D(nn.Module):
-    """A 3D convolution, SAME padding (stride 2 gives ceil(n / 2))."""
+    """A 3D convolution with bias, SAME padding (stride 2 gives ceil(n / 2)).
+
+    Parameters `kernel` [k, k, k, C, F] (lecun normal) and `bias` [F] are the same for every
+    `conv_impl` (see msseg.models.conv), so a model trained with one loads with another.
+    """
 
     features: int
     kernel: int = 3
     stride: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k, s = (self.kernel,) * 3, (self.stride,) * 3
-        conv = nn.Conv(
-            self.features,
-            k,
-            strides=s,
-            padding="SAME",
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="conv",
-        )
-        return conv(x)
+        shape = (self.kernel,) * 3 + (x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+        return conv3d(x, kernel, self.stride, self.conv_impl) + bias
 
 
 class Norm(nn.Module):
@@ -101,21 +102,23 @@ class ResBlock(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        ckw = {**kw, "conv_impl": self.conv_impl}
         h = nn.silu(Norm(self.groups, name="norm1", **kw)(x))
-        h = Conv3D(self.features, name="conv1", **kw)(h)
+        h = Conv3D(self.features, name="conv1", **ckw)(h)
         h = Norm(self.groups, name="norm2", **kw)(h)
         if temb is not None:
             ss = nn.Dense(2 * self.features, name="time", **kw)(nn.silu(temb))
             scale, shift = jnp.split(ss[:, None, None, None, :].astype(self.dtype), 2, axis=-1)
             h = h * (1 + scale) + shift
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-        h = Conv3D(self.features, name="conv2", **kw)(h)
+        h = Conv3D(self.features, name="conv2", **ckw)(h)
         if x.shape[-1] != self.features:
-            x = Conv3D(self.features, kernel=1, name="skip", **kw)(x)
+            x = Conv3D(self.features, kernel=1, name="skip", **ckw)(x)
         return x.astype(self.dtype) + h
 
 

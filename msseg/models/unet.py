@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msseg.models import conv
 from msseg.models.layers import (
     AttentionBlock,
     Conv3D,
@@ -56,6 +57,7 @@ class UNetConfig:
     param_dtype: str = "float32"
     remat: bool = False
     diffusion: bool = True
+    conv_impl: str = "auto"  # "auto" | "xla" | "slices2d" (msseg.models.conv)
 
     def __post_init__(self):
         if self.skip not in SKIPS:
@@ -80,9 +82,12 @@ class MultiscaleUNet(nn.Module):
     def _kw(self) -> dict:
         return {"dtype": jnp.dtype(self.cfg.dtype), "param_dtype": jnp.dtype(self.cfg.param_dtype)}
 
+    def _ckw(self) -> dict:
+        return {**self._kw(), "conv_impl": conv.resolve(self.cfg.conv_impl)}
+
     def _res(self, name: str, features: int):
         cls = nn.remat(ResBlock, static_argnums=(3,)) if self.cfg.remat else ResBlock
-        return cls(features, self.cfg.norm_groups, self.cfg.dropout, name=name, **self._kw())
+        return cls(features, self.cfg.norm_groups, self.cfg.dropout, name=name, **self._ckw())
 
     def _stage(self, prefix: str, depth: int, h, temb, train: bool):
         for i in range(self.cfg.num_res_blocks):
@@ -101,7 +106,7 @@ class MultiscaleUNet(nn.Module):
         self, x: jax.Array, t: jax.Array | None = None, *, entry_depth: int = 0, train: bool = False
     ) -> tuple[jax.Array, ...]:
         """x [B, X, Y, Z, in_channels] at depth `entry_depth`; t [B] timesteps (diffusion only)."""
-        cfg, kw = self.cfg, self._kw()
+        cfg, kw, ckw = self.cfg, self._kw(), self._ckw()
         n_depths, e = cfg.num_depths, entry_depth
         if not 0 <= e < n_depths:
             raise ValueError(f"entry_depth {e} outside 0..{n_depths - 1}")
@@ -121,7 +126,7 @@ class MultiscaleUNet(nn.Module):
             temb = nn.Dense(dim, name="time_mlp0", **kw)(temb)
             temb = nn.Dense(dim, name="time_mlp1", **kw)(nn.silu(temb))
 
-        stems = [Conv3D(cfg.channels[d], name=f"stem{d}", **kw) for d in range(n_depths)]
+        stems = [Conv3D(cfg.channels[d], name=f"stem{d}", **ckw) for d in range(n_depths)]
         if self.is_initializing():  # create every stem's parameters whatever the entry depth
             for d in range(n_depths):
                 if d != e:
@@ -132,12 +137,12 @@ class MultiscaleUNet(nn.Module):
             h = self._stage("enc", d, h, temb, train)
             enc[d] = h
             if d < n_depths - 1:
-                h = Conv3D(cfg.channels[d + 1], stride=2, name=f"down{d}", **kw)(h)
+                h = Conv3D(cfg.channels[d + 1], stride=2, name=f"down{d}", **ckw)(h)
 
         dec = {n_depths - 1: h}
         for d in range(n_depths - 2, e - 1, -1):
             if cfg.skip == "unet":
-                up = Conv3D(cfg.channels[d], name=f"up{d}", **kw)(upsample(dec[d + 1], 2))
+                up = Conv3D(cfg.channels[d], name=f"up{d}", **ckw)(upsample(dec[d + 1], 2))
                 h = jnp.concatenate([up, enc[d]], axis=-1)
             else:
                 h = 0
@@ -148,11 +153,11 @@ class MultiscaleUNet(nn.Module):
                         else upsample(dec[s], 2 ** (s - d))
                     )
                     tag = "enc" if s <= d else "dec"
-                    h = h + Conv3D(cfg.channels[d], name=f"dec{d}_from_{tag}{s}", **kw)(src)
+                    h = h + Conv3D(cfg.channels[d], name=f"dec{d}_from_{tag}{s}", **ckw)(src)
                 h = nn.silu(Norm(cfg.norm_groups, name=f"dec{d}_fuse_norm", **kw)(h))
             dec[d] = self._stage("dec", d, h, temb, train)
 
-        heads = [Conv3D(cfg.num_classes, kernel=1, name=f"head{d}", **kw) for d in range(n_depths)]
+        heads = [Conv3D(cfg.num_classes, kernel=1, name=f"head{d}", **ckw) for d in range(n_depths)]
         norms = [Norm(cfg.norm_groups, name=f"head{d}_norm", **kw) for d in range(n_depths)]
         preds = []
         for d in range(e, n_depths):

@@ -1,0 +1,52 @@
+"""3D convolution implementations behind one function: XLA's own, or depth-sliced 2D convolutions.
+
+XLA:CPU runs 3D convolutions at ~25-35 GFLOP/s on the 2-core development machine while its
+2D path is much faster (shared/DESIGN.md §5), so `slices2d` writes a k x k x k convolution
+as the sum over kernel depth of k x k 2D convolutions of depth-shifted slices (batch and
+depth folded together). Both give XLA's result within float tolerance, with the same
+parameters, padding ("SAME", as lax computes it) and strides; gradients follow from JAX.
+
+`impl="auto"` resolves to `slices2d` on CPU and `xla` elsewhere (GPU/TPU run their own 3D
+kernels well).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("auto", "xla", "slices2d")
+
+
+def resolve(impl: str) -> str:
+    """The concrete implementation for `impl` on the default backend."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv_impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "slices2d" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = "xla") -> jax.Array:
+    """[B, X, Y, Z, C] * [k, k, k, C, F] → [B, X', Y', Z', F], SAME padding, equal strides."""
+    impl = resolve(impl)
+    k = kernel.shape[:3]
+    strides = (stride,) * 3
+    if impl == "xla" or k[0] == 1:
+        return lax.conv_general_dilated(
+            x, kernel, strides, "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+        )
+    (lo, hi), *_ = lax.padtype_to_pads(x.shape[1:4], k, strides, "SAME")
+    xp = jnp.pad(x, ((0, 0), (lo, hi), (0, 0), (0, 0), (0, 0)))
+    b, n_in, y, z, c = xp.shape
+    n_out = (n_in - k[0]) // stride + 1
+    out = None
+    for d in range(k[0]):
+        sl = lax.slice_in_dim(xp, d, d + stride * (n_out - 1) + 1, stride=stride, axis=1)
+        sl = sl.reshape(b * n_out, y, z, c)
+        part = lax.conv_general_dilated(
+            sl, kernel[d], strides[1:], "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        out = part if out is None else out + part
+    return out.reshape(b, n_out, *out.shape[1:])
