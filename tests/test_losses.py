@@ -99,6 +99,16 @@ def test_cross_entropy_and_dice_against_numpy():
     )
 
 
+def test_dice_weights_partly_ignored_cells_by_their_labelled_fraction():
+    p = jnp.full((1, 2, 1, 1, 2), 0.5)
+    y = jnp.array([[1.0, 0.0], [0.25, 0.25]]).reshape(1, 2, 1, 1, 2)  # second cell half IGNORE
+    w = np.array([1.0, 0.5])[:, None]
+    pn, yn = np.asarray(p)[0, :, 0, 0], np.asarray(y)[0, :, 0, 0]
+    inter, denom = (pn * yn).sum(0), (pn * w).sum(0) + yn.sum(0)
+    expected = 1 - ((2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    np.testing.assert_allclose(float(losses.soft_dice_loss(p, y)), expected, rtol=1e-6)
+
+
 def test_segmentation_loss_prefers_the_truth():
     y = jnp.asarray(one_hot_batch(8))
     good = tuple(losses.pyramid(10 * y, 3))

@@ -82,6 +82,22 @@ def test_other_samplers_run(kind):
     assert cfg.denoiser_evaluations(S.num_timesteps) == (10 if kind == "ddpm" else 4)
 
 
+def test_multiscale_handles_sizes_that_do_not_divide():
+    cfg = segment.SamplerConfig(kind="multiscale", coarse_depth=1, coarse_steps=2, refine_steps=2)
+    image = jax.random.normal(jax.random.key(4), (1, 7, 6, 5, 1))
+    out = jax.jit(functools.partial(segment.segment, MODEL, s=S, cfg=cfg, target=sch.Target.X0))(
+        params(), image, jax.random.key(0)
+    )
+    assert out["labels"].shape == (1, 7, 6, 5)
+    assert cfg.denoiser_evaluations(S.num_timesteps) == 4
+    assert (
+        segment.SamplerConfig(kind="multiscale", refine_t=0.1, refine_steps=5).denoiser_evaluations(
+            10
+        )
+        == 12
+    )
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="sampler"):
         segment.SamplerConfig(kind="plms")

@@ -66,6 +66,17 @@ def test_entry_depth_uses_its_own_stem():
     assert not np.allclose(run(model, changed, x, t, entry_depth=0)[0], run(model, params, x, t)[0])
 
 
+def test_init_must_use_entry_depth_zero():
+    model = make()
+    with pytest.raises(ValueError, match="entry_depth=0"):
+        model.init(
+            jax.random.key(0),
+            jnp.ones((1, 4, 4, 4, model.cfg.in_channels)),
+            jnp.zeros((1,), jnp.int32),
+            entry_depth=1,
+        )
+
+
 def test_sizes_that_do_not_divide_are_padded_and_cropped():
     model = make()
     params = init(model)

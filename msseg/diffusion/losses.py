@@ -46,7 +46,10 @@ def depth_weights(num_outputs: int, weights: tuple[float, ...] = ()) -> np.ndarr
 
 
 def pyramid(x: jax.Array, num_outputs: int) -> list[jax.Array]:
-    """[B, X, Y, Z, C] → the list of x average-pooled by 2^i for i < num_outputs."""
+    """[B, X, Y, Z, C] → the list of x average-pooled by 2^i for i < num_outputs.
+
+    Sizes must divide by 2^(num_outputs-1) (training patches do: PipelineConfig checks it).
+    """
     return [downsample(x, 2**i) for i in range(num_outputs)]
 
 
@@ -64,11 +67,15 @@ def cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def soft_dice_loss(p: jax.Array, y: jax.Array, smooth: float = 1e-5) -> jax.Array:
-    """1 - mean over samples and leaves of soft Dice (labelled voxels only)."""
-    w = (y.sum(axis=-1, keepdims=True) > 0).astype(p.dtype)
+    """1 - mean over samples and leaves of soft Dice over the labelled part of each voxel.
+
+    y already carries a pooled cell's labelled fraction w = sum_k y_k, so only p is weighted
+    by w (a half-IGNORE cell counts half its predicted mass).
+    """
+    w = y.sum(axis=-1, keepdims=True)
     axes = tuple(range(1, p.ndim - 1))
-    inter = (p * y * w).sum(axes)
-    denom = (p * w).sum(axes) + (y * w).sum(axes)
+    inter = (p * y).sum(axes)
+    denom = (p * w).sum(axes) + y.sum(axes)
     return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
 
 

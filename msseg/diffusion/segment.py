@@ -57,7 +57,8 @@ class SamplerConfig:
             return num_timesteps
         if self.kind == "ddim":
             return self.steps
-        return self.coarse_steps + self.coarse_depth * self.refine_steps
+        t_refine = int(round(self.refine_t * (num_timesteps - 1)))
+        return self.coarse_steps + self.coarse_depth * min(self.refine_steps, t_refine + 1)
 
 
 def denoiser(
@@ -110,6 +111,9 @@ def sample_masks(
     c = cfg.coarse_depth
     if not 0 < c < model.cfg.num_depths:
         raise ValueError(f"coarse_depth must be in 1..{model.cfg.num_depths - 1}, got {c}")
+    spatial = image.shape[1:4]
+    pad = [(0, -n % 2**c) for n in spatial]  # edge-pad to a multiple of 2^c, crop at the end
+    image = jnp.pad(image, [(0, 0), *pad, (0, 0)], mode="edge")
     images = {d: downsample(image, 2**d) for d in range(c + 1)}
     keys = jax.random.split(key, 2 * (c + 1))
     x_t = jax.random.normal(keys[0], (*images[c].shape[:-1], k), jnp.float32)
@@ -124,7 +128,7 @@ def sample_masks(
         x0 = _chain(
             model, params, images[d], keys[2 * (c - d) + 1], s, cfg, target, x_t, d, steps, t_refine
         )
-    return x0
+    return x0[:, : spatial[0], : spatial[1], : spatial[2]]
 
 
 def fuse(masks: jax.Array, fusion: str) -> dict[str, jax.Array]:

@@ -114,6 +114,8 @@ class MultiscaleUNet(nn.Module):
             raise ValueError(f"expected {cfg.in_channels} input channels, got {x.shape[-1]}")
         if cfg.diffusion and t is None:
             raise ValueError("the diffusion model needs a timestep t")
+        if self.is_initializing() and e != 0:
+            raise ValueError("initialise with entry_depth=0: it creates every depth's parameters")
         spatial = x.shape[1:4]
         mult = 2 ** (n_depths - 1 - e)
         pad = [(0, -n % mult) for n in spatial]
