@@ -31,6 +31,7 @@ from absl import logging
 from scipy import ndimage
 
 from msseg.data import augment
+from msseg.data.preprocess import sha256_file
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -255,14 +256,6 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _build_subject(root: Path, cfg: SynthConfig, split: str, index: int) -> dict:
     """Writes one subject's image and label files; returns its dataset.json entry."""
     rng = np.random.default_rng(_subject_seed(split, index))
@@ -294,7 +287,7 @@ def verify(root: Path) -> str | None:
         path = root / rel
         if not path.is_file():
             return f"missing {rel}"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"checksum mismatch for {rel}"
     return None
 
@@ -347,7 +340,7 @@ def build(
     }
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
     files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    manifest = {"version": FORMAT_VERSION, "sha256": {f: _sha256(tmp / f) for f in files}}
+    manifest = {"version": FORMAT_VERSION, "sha256": {f: sha256_file(tmp / f) for f in files}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     try:
         tmp.rename(final)

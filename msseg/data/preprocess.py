@@ -138,11 +138,16 @@ def _save_npy(path: Path, array: np.ndarray) -> str:
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
-    return _sha256(path)
+    return sha256_file(path)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _stat(path: str | None) -> dict | None:
@@ -196,7 +201,7 @@ def _is_current(record: dict | None, case: Case, out: Path, key: str) -> bool:
     try:
         if record["sources"] != {"image": _stat(case.image), "label": _stat(case.label)}:
             return False
-        return all(_sha256(out / record["files"][k]) == v for k, v in record["sha256"].items())
+        return all(sha256_file(out / record["files"][k]) == v for k, v in record["sha256"].items())
     except (OSError, KeyError):
         return False
 
