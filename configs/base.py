@@ -49,11 +49,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.attention_depths = ()
     m.attention_heads = 4
     m.skip = "unet"  # "unet" | "unet3plus"
-    m.dtype = "float32"
+    m.dtype = "float32"  # activations (and convolutions unless conv_dtype is set)
     m.param_dtype = "float32"
+    # "bfloat16": mixed precision (bf16 convolutions; fp32 params, GroupNorm and activations)
+    m.conv_dtype = ml_collections.config_dict.placeholder(str)
     m.remat = False
     m.diffusion = True  # False: the deterministic segmenter baseline
-    m.conv_impl = "auto"  # "auto" (slices2d on CPU, xla elsewhere) | "xla" | "slices2d"
+    m.conv_impl = "auto"  # "auto" (fastest on the platform) | "xla" | "slices2d" | "onednn"
 
     # msseg.diffusion: schedule, and losses.LossConfig key for key
     d = c.diffusion = ml_collections.ConfigDict()

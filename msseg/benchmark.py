@@ -61,7 +61,10 @@ def measure(
 ) -> dict:
     """Compile and time one denoiser evaluation and one AdamW train step of workload `w`."""
     cfg = w.model
-    cfg = dataclasses.replace(cfg, dtype=dtype) if dtype else cfg
+    if dtype == "mixed":  # bf16 convolutions, float32 everything else
+        cfg = dataclasses.replace(cfg, dtype="float32", conv_dtype="bfloat16")
+    elif dtype:
+        cfg = dataclasses.replace(cfg, dtype=dtype)
     cfg = dataclasses.replace(cfg, conv_impl=conv_impl) if conv_impl else cfg
     model = MultiscaleUNet(cfg)
     s = sch.make_schedule("cosine", 1000)
@@ -93,7 +96,7 @@ def measure(
 
     out = {
         "workload": w.name,
-        "dtype": cfg.dtype,
+        "dtype": "mixed" if cfg.conv_dtype == "bfloat16" and cfg.dtype == "float32" else cfg.dtype,
         "conv_impl": conv.resolve(cfg.conv_impl),
         "input": [*shape, cfg.in_channels],
         "channels": list(cfg.channels),

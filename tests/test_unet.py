@@ -142,6 +142,22 @@ def test_attention_and_bfloat16():
     np.testing.assert_allclose(half, full, atol=0.1 * float(jnp.abs(full).max()) + 0.05)
 
 
+def test_mixed_precision_runs_convolutions_in_bfloat16_and_the_rest_in_float32():
+    model = make(attention_depths=(2,))
+    params = init(model)
+    x, t = inputs(model, 8)
+    full = run(model, params, x, t)[0]
+    mixed = make(attention_depths=(2,), conv_dtype="bfloat16")
+    jaxpr = str(jax.make_jaxpr(lambda p: mixed.apply(p, x, t))(params))
+    assert "bf16[2,8,8,8,4]" in jaxpr  # a bf16 convolution output at depth 0
+    assert "f32[2,8,8,8,4]" in jaxpr  # its float32 activations
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(init(mixed)))
+    out = run(mixed, params, x, t)[0]
+    assert out.dtype == jnp.float32
+    assert not np.array_equal(out, full)
+    np.testing.assert_allclose(out, full, atol=0.05 * float(jnp.abs(full).max()) + 0.02)
+
+
 def test_dropout_only_in_training():
     model = make(dropout=0.5)
     params = init(model)

@@ -10,7 +10,11 @@ from msseg import benchmark
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workload", ["w1"], f"Workloads to run: {', '.join(benchmark.WORKLOADS)}.")
-flags.DEFINE_list("dtype", ["float32"], "Compute dtypes to compare (float32, bfloat16).")
+flags.DEFINE_list(
+    "dtype",
+    ["float32"],
+    "Compute dtypes to compare: float32, bfloat16 (the whole model), mixed (bf16 convolutions).",
+)
 flags.DEFINE_list(
     "conv_impl", ["auto"], "Convolution implementations to compare (auto, xla, slices2d)."
 )

@@ -60,6 +60,9 @@ class Conv3D(nn.Module):
 
     Parameters `kernel` [k, k, k, C, F] (lecun normal) and `bias` [F] are the same for every
     `conv_impl` (see msseg.models.conv), so a model trained with one loads with another.
+    `conv_dtype` (default: `dtype`) is the dtype of the convolution's inputs and output; with
+    bfloat16 here and float32 `dtype` the block runs like autocast: bf16 convolution (fp32
+    accumulation in the backends), result and bias in float32.
     """
 
     features: int
@@ -68,14 +71,16 @@ class Conv3D(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     conv_impl: str = "xla"
+    conv_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel,) * 3 + (x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
-        x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-        return conv3d(x, kernel, self.stride, self.conv_impl) + bias
+        cdt = self.dtype if self.conv_dtype is None else self.conv_dtype
+        y = conv3d(x.astype(cdt), kernel.astype(cdt), self.stride, self.conv_impl)
+        return y.astype(self.dtype) + bias.astype(self.dtype)
 
 
 class Norm(nn.Module):
@@ -103,11 +108,12 @@ class ResBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     conv_impl: str = "xla"
+    conv_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array | None, train: bool) -> jax.Array:
         kw = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        ckw = {**kw, "conv_impl": self.conv_impl}
+        ckw = {**kw, "conv_impl": self.conv_impl, "conv_dtype": self.conv_dtype}
         h = nn.silu(Norm(self.groups, name="norm1", **kw)(x))
         h = Conv3D(self.features, name="conv1", **ckw)(h)
         h = Norm(self.groups, name="norm2", **kw)(h)

@@ -53,8 +53,11 @@ class UNetConfig:
     attention_depths: tuple[int, ...] = ()
     attention_heads: int = 4
     skip: str = "unet"  # "unet" | "unet3plus"
-    dtype: str = "float32"  # compute dtype of convolutions and activations
+    dtype: str = "float32"  # compute dtype of activations (and of convolutions by default)
     param_dtype: str = "float32"
+    # dtype of the convolutions' inputs/outputs; "bfloat16" with dtype "float32" is mixed
+    # precision like autocast: bf16 convolutions, fp32 GroupNorm/SiLU/residuals/params.
+    conv_dtype: str | None = None
     remat: bool = False
     diffusion: bool = True
     conv_impl: str = "auto"  # "auto" | "xla" | "slices2d" (msseg.models.conv)
@@ -83,7 +86,8 @@ class MultiscaleUNet(nn.Module):
         return {"dtype": jnp.dtype(self.cfg.dtype), "param_dtype": jnp.dtype(self.cfg.param_dtype)}
 
     def _ckw(self) -> dict:
-        return {**self._kw(), "conv_impl": conv.resolve(self.cfg.conv_impl)}
+        cdt = None if self.cfg.conv_dtype is None else jnp.dtype(self.cfg.conv_dtype)
+        return {**self._kw(), "conv_impl": conv.resolve(self.cfg.conv_impl), "conv_dtype": cdt}
 
     def _res(self, name: str, features: int):
         cls = nn.remat(ResBlock, static_argnums=(3,)) if self.cfg.remat else ResBlock
