@@ -1,7 +1,7 @@
 """Every config key with its default. Other configs import get_config() and override it.
 
-Pure data: no jax calls, no msseg imports. Sections are added as the package grows
-(model, diffusion, train, eval come with the issues that build them).
+Pure data: no jax calls, no msseg imports. `data.pipeline.batch_size` is per process (the
+global batch is batch_size x processes).
 """
 
 import ml_collections
@@ -66,6 +66,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.mse_weight = 1.0
     d.ce_weight = 0.0
     d.dice_weight = 0.0
+
+    # msseg.train.state.TrainConfig, key for key
+    t = c.train = ml_collections.ConfigDict()
+    t.steps = 2000
+    t.lr = 2e-4
+    t.warmup_steps = 100
+    t.end_lr_factor = 0.05  # cosine decay to lr * end_lr_factor at the last step
+    t.weight_decay = 1e-4
+    t.b1 = 0.9
+    t.b2 = 0.999
+    t.clip_norm = 1.0
+    t.ema_decay = 0.999  # warmed up as min(decay, (1 + step) / (10 + step))
+    t.entry_depths = (0,)  # depths a training patch may enter at (mixed-resolution training)
+    t.entry_probs = ()  # their probabilities; () = uniform
+    t.mesh_data = -1  # devices on the data (batch) axis; -1 = all that mesh_space leaves
+    t.mesh_space = 1  # devices splitting each volume's first spatial axis
+    t.log_every = 10
+    t.eval_every = 500  # validation + checkpoint; 0 = only at the end
+    t.checkpoint_every = 500  # extra checkpoints without validation; 0 = none
+    t.keep_best = 1  # checkpoints kept by validation Dice (the latest is always kept)
+    t.init_from = ""  # workdir or checkpoints/<step> to take params from (no resume)
+    t.val_cases = 0  # validation cases sampled (0 = all)
+    t.val_depths = (0, 1)  # entry depths validated: Dice per depth
+    t.val_mode = "sampler"  # "sampler" (the sampler section) | "deterministic"
+    t.donate = True
 
     # msseg.diffusion.segment.SamplerConfig, key for key
     s = c.sampler = ml_collections.ConfigDict()

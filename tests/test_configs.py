@@ -10,6 +10,7 @@ from msseg.data.pipeline import PipelineConfig
 from msseg.diffusion import losses, segment
 from msseg.diffusion import schedule as sch
 from msseg.models.unet import UNetConfig
+from msseg.train.state import TrainConfig
 
 
 def base_config():
@@ -26,6 +27,7 @@ def base_config():
         ("data.pipeline", PipelineConfig, {}),
         ("model", UNetConfig, {"num_classes": 7}),
         ("sampler", segment.SamplerConfig, {}),
+        ("train", TrainConfig, {}),
     ],
 )
 def test_sections_match_their_dataclasses(section, cls, extra):

@@ -100,24 +100,34 @@ def sample_masks(
     s: sch.Schedule,
     cfg: SamplerConfig,
     target: sch.Target,
+    entry_depth: int = 0,
 ) -> jax.Array:
-    """[B, X, Y, Z, C] image → [B, X, Y, Z, K] one sampled mask in [-1, 1] per batch entry."""
+    """[B, X, Y, Z, C] image → [B, X, Y, Z, K] one sampled mask in [-1, 1] per batch entry.
+
+    The image enters at `entry_depth` (it is at that depth's resolution); the multiscale
+    sampler starts `coarse_depth` depths below it and refines back up to it.
+    """
     k = model.cfg.num_classes
+    e = entry_depth
     shape = (*image.shape[:-1], k)
     if cfg.kind != "multiscale":
         k_init, k_chain = jax.random.split(key)
         x_t = jax.random.normal(k_init, shape, jnp.float32)
-        return _chain(model, params, image, k_chain, s, cfg, target, x_t, 0, cfg.steps, None)
+        return _chain(model, params, image, k_chain, s, cfg, target, x_t, e, cfg.steps, None)
     c = cfg.coarse_depth
-    if not 0 < c < model.cfg.num_depths:
-        raise ValueError(f"coarse_depth must be in 1..{model.cfg.num_depths - 1}, got {c}")
+    if not 0 < c < model.cfg.num_depths - e:
+        raise ValueError(
+            f"coarse_depth must be in 1..{model.cfg.num_depths - 1 - e} at entry depth {e}, got {c}"
+        )
     spatial = image.shape[1:4]
     pad = [(0, -n % 2**c) for n in spatial]  # edge-pad to a multiple of 2^c, crop at the end
     image = jnp.pad(image, [(0, 0), *pad, (0, 0)], mode="edge")
     images = {d: downsample(image, 2**d) for d in range(c + 1)}
     keys = jax.random.split(key, 2 * (c + 1))
     x_t = jax.random.normal(keys[0], (*images[c].shape[:-1], k), jnp.float32)
-    x0 = _chain(model, params, images[c], keys[1], s, cfg, target, x_t, c, cfg.coarse_steps, None)
+    x0 = _chain(
+        model, params, images[c], keys[1], s, cfg, target, x_t, e + c, cfg.coarse_steps, None
+    )
     t_refine = int(round(cfg.refine_t * (s.num_timesteps - 1)))
     for d in range(c - 1, -1, -1):
         start = upsample(x0, 2)
@@ -126,7 +136,17 @@ def sample_masks(
         x_t = sch.q_sample(s, start, t, noise)
         steps = min(cfg.refine_steps, t_refine + 1)
         x0 = _chain(
-            model, params, images[d], keys[2 * (c - d) + 1], s, cfg, target, x_t, d, steps, t_refine
+            model,
+            params,
+            images[d],
+            keys[2 * (c - d) + 1],
+            s,
+            cfg,
+            target,
+            x_t,
+            e + d,
+            steps,
+            t_refine,
         )
     return x0[:, : spatial[0], : spatial[1], : spatial[2]]
 
@@ -165,17 +185,20 @@ def segment(
     s: sch.Schedule,
     cfg: SamplerConfig,
     target: sch.Target,
+    entry_depth: int = 0,
 ) -> dict[str, jax.Array]:
     """[B, X, Y, Z, C] image → `fuse` of an ensemble of cfg.ensemble sampled masks."""
     n, b = cfg.ensemble, image.shape[0]
     batch = jnp.broadcast_to(image[None], (n, *image.shape)).reshape(n * b, *image.shape[1:])
-    masks = sample_masks(model, params, batch, key, s, cfg, target)
+    masks = sample_masks(model, params, batch, key, s, cfg, target, entry_depth)
     return fuse(masks.reshape(n, b, *masks.shape[1:]), cfg.fusion)
 
 
-def segment_deterministic(model: MultiscaleUNet, params, image: jax.Array) -> dict[str, jax.Array]:
+def segment_deterministic(
+    model: MultiscaleUNet, params, image: jax.Array, entry_depth: int = 0
+) -> dict[str, jax.Array]:
     """The deterministic segmenter's output in `segment`'s format (variance is zero)."""
-    logits = model.apply(params, image)[0]
+    logits = model.apply(params, image, entry_depth=entry_depth)[0]
     probs = jax.nn.softmax(logits, axis=-1)
     entropy = -(probs * jnp.log(jnp.maximum(probs, 1e-12))).sum(axis=-1)
     labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)

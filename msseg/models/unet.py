@@ -63,6 +63,10 @@ class UNetConfig:
     conv_impl: str = "auto"  # "auto" | "xla" | "slices2d" (msseg.models.conv)
 
     def __post_init__(self):
+        if not self.channels or any(
+            not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in self.channels
+        ):
+            raise ValueError(f"channels must be positive integers per depth, got {self.channels}")
         if self.skip not in SKIPS:
             raise ValueError(f"skip must be one of {SKIPS}, got {self.skip!r}")
         if any(not 0 <= d < len(self.channels) for d in self.attention_depths):

@@ -1,0 +1,1 @@
+"""Training: state and optimiser, the sharded step, checkpoints, validation, metrics, the loop."""

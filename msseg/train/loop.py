@@ -1,0 +1,264 @@
+"""The training loop: config → cache, model, mesh, state (resumed, initialised or fresh) → steps,
+validation, checkpoints and logs in the workdir. `train()` is what tools/train.py calls.
+
+Resume order: the workdir's own latest checkpoint > `train.init_from` (params only) > scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from msseg.data import pipeline, preprocess
+from msseg.diffusion import losses
+from msseg.diffusion import schedule as sch
+from msseg.diffusion import segment as seg
+from msseg.labels import Protocol
+from msseg.models.unet import MultiscaleUNet, UNetConfig
+from msseg.train import checkpoint, sharding, step, validate
+from msseg.train.metrics import MetricsLog, is_main, plot_curves
+from msseg.train.state import TrainConfig, TrainState, create_state, make_optimizer
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient stopped being finite; no update from that step was applied."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything built from the config, before any state exists."""
+
+    model: MultiscaleUNet
+    schedule: sch.Schedule | None
+    loss: losses.LossConfig
+    sampler: seg.SamplerConfig
+    train: TrainConfig
+    pipeline: pipeline.PipelineConfig
+    protocol: Protocol
+    cache: str
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def ensure_cache(config: ml_collections.ConfigDict, workdir: Path) -> str:
+    """The preprocessed cache of config.data (built by process 0 if missing or stale)."""
+    d = config.data
+    if not d.spec and not d.cache:
+        raise ValueError("config.data.spec is empty: set --config.data.spec=DATASET_FOLDER")
+    cache = d.cache or str(workdir / "cache")
+
+    def build():
+        preprocess.run(
+            d.spec,
+            cache,
+            spacing=tuple(d.spacing) if d.spacing else None,
+            protocol=d.protocol or None,
+            val_fraction=d.val_fraction,
+        )
+
+    if is_main():
+        build()
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("msseg: cache ready")
+        if not (Path(cache) / "manifest.json").is_file():  # no shared file system
+            build()
+    return cache
+
+
+def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
+    manifest = preprocess.load_manifest(cache)
+    protocol = Protocol.from_json(manifest["protocol"])
+    model_cfg = UNetConfig(num_classes=protocol.num_leaves, **_tuples(config.model.to_dict()))
+    pipe = pipeline.PipelineConfig(**_tuples(config.data.pipeline.to_dict()))
+    step_ = 2 ** (model_cfg.num_depths - 1)
+    if any(p % step_ for p in pipe.patch_size):
+        raise ValueError(f"data.pipeline.patch_size {pipe.patch_size} must divide by {step_}")
+    d = config.diffusion.to_dict()
+    loss = losses.LossConfig(
+        target=sch.Target(d["target"]),
+        depth_weights=tuple(d["depth_weights"]),
+        mse_weight=d["mse_weight"],
+        ce_weight=d["ce_weight"],
+        dice_weight=d["dice_weight"],
+    )
+    s = sch.make_schedule(d["schedule"], d["num_timesteps"]) if model_cfg.diffusion else None
+    tcfg = TrainConfig(**_tuples(config.train.to_dict()))
+    if max(tcfg.entry_depths + tcfg.val_depths) >= model_cfg.num_depths:
+        raise ValueError(f"entry/val depths must be < the model's {model_cfg.num_depths} depths")
+    return Setup(
+        model=MultiscaleUNet(model_cfg),
+        schedule=s,
+        loss=loss,
+        sampler=seg.SamplerConfig(**config.sampler.to_dict()),
+        train=tcfg,
+        pipeline=pipe,
+        protocol=protocol,
+        cache=cache,
+    )
+
+
+def entry_depth(cfg: TrainConfig, seed: int, step_index: int) -> int:
+    """The entry depth of step `step_index`: a pure function of (seed, step), so resumable."""
+    if len(cfg.entry_depths) == 1:
+        return cfg.entry_depths[0]
+    p = np.asarray(cfg.entry_probs or [1.0] * len(cfg.entry_depths), np.float64)
+    rng = np.random.default_rng([seed, step_index])
+    return int(rng.choice(cfg.entry_depths, p=p / p.sum()))
+
+
+def init_fn(setup: Setup, tx):
+    """key → a fresh TrainState (jit-able)."""
+    cfg = setup.model.cfg
+    patch = setup.pipeline.patch_size
+
+    def init(key):
+        x = jnp.zeros((1, *patch, cfg.in_channels), jnp.float32)
+        t = jnp.zeros((1,), jnp.int32) if cfg.diffusion else None
+        return create_state(setup.model.init(key, x, t), tx)
+
+    return init
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _host_mean(pending: list[dict]) -> dict:
+    rows = jax.device_get(pending)
+    return {k: float(np.mean([np.asarray(r[k], np.float64) for r in rows])) for k in rows[0]}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Runs (or resumes) training in `workdir`; returns the final metrics."""
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cache = ensure_cache(config, workdir)
+    setup = build_setup(config, cache)
+    tcfg, pcfg = setup.train, setup.pipeline
+    config_dict = config.to_dict()
+    if is_main():
+        _write_json(workdir / "config.json", config_dict)
+
+    mesh = sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_space)
+    sharding.check_batch(pcfg.batch_size, mesh)
+    tx = make_optimizer(tcfg)
+    init_key, step_key, val_key = jax.random.split(jax.random.key(config.seed), 3)
+    init = init_fn(setup, tx)
+    rep = sharding.replicated(mesh)
+    abstract = jax.eval_shape(init, init_key)
+    state_sharding = jax.tree.map(lambda _: rep, abstract)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
+    )
+
+    data_iter = iter(pipeline.make_dataset(cache, "train", pcfg, seed=config.seed))
+    ckpt = checkpoint.Checkpointer(workdir, tcfg.keep_best)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, abstract, data_iter)
+        logging.info("resumed from %s at step %d", ckpt.directory / str(latest), latest)
+    else:
+        state = jax.jit(init, out_shardings=state_sharding)(init_key)
+        if tcfg.init_from:
+            params, ema, n = checkpoint.restore_params(tcfg.init_from)
+            state = state.replace(
+                params=sharding.put_replicated(params, mesh),
+                ema_params=sharding.put_replicated(ema, mesh),
+            )
+            logging.info("initialised params from %s (step %d)", tcfg.init_from, n)
+
+    batch_sharding = {"image": sharding.batch_sharding(mesh), "y": sharding.batch_sharding(mesh)}
+    train_step = step.jit_train_step(
+        step.make_train_step(setup.model, setup.schedule, setup.loss, tx, tcfg),
+        state_sharding,
+        batch_sharding,
+        tcfg.donate,
+    )
+    valset = validate.load_valset(
+        cache, "val", tcfg.val_depths, 2 ** (setup.model.cfg.num_depths - 1), tcfg.val_cases
+    )
+    segmenter = validate.make_segmenter(
+        setup.model, setup.schedule, setup.sampler, setup.loss.target, tcfg.val_mode
+    )
+    log = MetricsLog(workdir, tcfg.steps, int(state.step))
+    global_batch = pcfg.batch_size * jax.process_count()
+    first = int(state.step)
+    if first >= tcfg.steps:
+        logging.info("nothing to do: the workdir is at step %d of %d", first, tcfg.steps)
+    pending, window_start, last_val = [], time.perf_counter(), {}
+    try:
+        for n in range(first + 1, tcfg.steps + 1):
+            batch = next(data_iter)
+            local = {"image": batch["image"], "y": batch["targets"][0]}
+            e = entry_depth(tcfg, config.seed, n - 1)
+            state, metrics = train_step(state, sharding.shard_batch(local, mesh), step_key, e)
+            pending.append(metrics)
+            last = n == tcfg.steps
+            do_val = last or (tcfg.eval_every and n % tcfg.eval_every == 0)
+            do_ckpt = do_val or (tcfg.checkpoint_every and n % tcfg.checkpoint_every == 0)
+            if not (do_ckpt or last or n % tcfg.log_every == 0):
+                continue
+            _check_finite(pending, n, ckpt)
+            window = _host_mean(pending)
+            seconds = time.perf_counter() - window_start
+            window.pop("finite")
+            window.update(
+                steps_per_s=len(pending) / seconds,
+                patches_per_s=len(pending) * global_batch / seconds,
+                entry_depth=e,
+            )
+            log.write(n, window)
+            log.progress(n, window)
+            pending, metrics = [], None
+            val = None
+            if do_val:
+                val = validate.validate(segmenter, state.ema_params, valset, val_key)
+                log.write(n, val)
+                last_val = val
+                logging.info(
+                    "step %d validation Dice (foreground leaves): %s",
+                    n,
+                    ", ".join(
+                        f"depth {d} {val[f'val/depth{d}/leaves']:.3f}" for d in tcfg.val_depths
+                    ),
+                )
+            if do_ckpt:
+                ckpt.save(n, state, data_iter, config_dict, metrics=val)
+            window_start = time.perf_counter()
+    finally:
+        ckpt.close()
+    if is_main() and (workdir / "metrics.jsonl").exists():
+        plot_curves(workdir / "metrics.jsonl", workdir / "curves.png")
+    l1 = jax.jit(lambda p: sum(jnp.abs(x).sum() for x in jax.tree.leaves(p)))(state.ema_params)
+    return {"step": int(state.step), "ema_params_l1": float(validate.to_host(l1)), **last_val}
+
+
+def _check_finite(pending: list[dict], n: int, ckpt: checkpoint.Checkpointer) -> None:
+    flags = np.asarray(jax.device_get([m["finite"] for m in pending]))
+    if flags.all():
+        return
+    bad = n - len(pending) + 1 + int(np.argmin(flags))
+    ckpt.wait()
+    raise NonFiniteError(
+        f"the loss or gradient is NaN/Inf at step {bad}: training stopped, no update from that "
+        f"step was applied and nothing after it was saved (last checkpoint: step "
+        f"{ckpt.latest_step()} in {ckpt.directory}). Lower train.lr, raise train.warmup_steps "
+        "or check the data."
+    )
+
+
+__all__ = ["NonFiniteError", "TrainState", "train"]

@@ -1,0 +1,178 @@
+"""msseg.train: sharded steps, the NaN guard, exact resume, validation Dice, the train binary."""
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msseg.diffusion import losses
+from msseg.diffusion import schedule as sch
+from msseg.labels import get_protocol
+from msseg.models.unet import MultiscaleUNet, UNetConfig
+from msseg.train import checkpoint, sharding, step, validate
+from msseg.train.loop import NonFiniteError, entry_depth, train
+from msseg.train.state import TrainConfig, create_state, make_optimizer
+
+ROOT = Path(__file__).parents[1]
+
+
+def tiny_config(cache, **train):
+    c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
+    c.data.cache = str(cache)
+    c.train.val_depths = (0,)
+    for k, v in train.items():
+        c.train[k] = v
+    return c
+
+
+def _setup(batch=8, size=16):
+    cfg = UNetConfig(num_classes=3, channels=(4, 8), num_res_blocks=1, norm_groups=2)
+    model = MultiscaleUNet(cfg)
+    s = sch.make_schedule("linear", 100)
+    tcfg = TrainConfig(steps=10, lr=1e-2, warmup_steps=0)
+    tx = make_optimizer(tcfg)
+    k = jax.random.key(0)
+    x = jnp.zeros((1, size, size, size, cfg.in_channels))
+    params = jax.jit(model.init)(k, x, jnp.zeros((1,), jnp.int32))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (batch, size, size, size))
+    batch = {
+        "image": rng.normal(size=(batch, size, size, size, 1)).astype(np.float32),
+        "y": np.eye(3, dtype=np.float32)[labels],
+    }
+    fn = step.make_train_step(model, s, losses.LossConfig(dice_weight=0.5), tx, tcfg)
+    return fn, create_state(params, tx), batch
+
+
+def _run(fn, state, batch, mesh, steps=3, entry=0):
+    rep = sharding.replicated(mesh)
+    st_sh = jax.tree.map(lambda _: rep, state)
+    bs = {k: sharding.batch_sharding(mesh) for k in batch}
+    jitted = step.jit_train_step(fn, st_sh, bs, donate=False)
+    state = jax.device_put(state, rep)
+    losses_ = []
+    for _ in range(steps):
+        state, m = jitted(state, sharding.shard_batch(batch, mesh), jax.random.key(1), entry)
+        losses_.append(float(m["loss"]))
+    return state, losses_
+
+
+def test_data_parallel_step_equals_the_single_device_step():
+    fn, state, batch = _setup()
+    one, l1 = _run(fn, state, batch, sharding.make_mesh(devices=jax.devices()[:1]))
+    eight, l8 = _run(fn, state, batch, sharding.make_mesh(8, 1))
+    assert len(eight.params["params"]["stem0"]["kernel"].sharding.device_set) == 8
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(eight.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert int(eight.step) == 3
+
+
+def test_spatial_sharding_gives_the_same_loss_as_none():
+    fn, state, batch = _setup(batch=2)
+    _, ref = _run(fn, state, batch, sharding.make_mesh(devices=jax.devices()[:1]), steps=2)
+    _, spatial = _run(fn, state, batch, sharding.make_mesh(2, 4), steps=2)
+    np.testing.assert_allclose(spatial, ref, rtol=1e-5)
+    _, at1 = _run(fn, state, batch, sharding.make_mesh(2, 4), steps=1, entry=1)
+    assert np.isfinite(at1).all()
+
+
+def test_a_non_finite_step_leaves_the_state_unchanged():
+    fn, state, batch = _setup(batch=2)
+    batch["image"][0, 0, 0, 0, 0] = np.nan
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    new, m = jax.jit(fn, static_argnums=3)(state, batch, jax.random.key(0), 0)
+    assert not bool(m["finite"])
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    del mesh
+
+
+def test_mesh_and_batch_checks():
+    with pytest.raises(ValueError, match="divide"):
+        sharding.make_mesh(data=-1, space=3)
+    with pytest.raises(ValueError, match="batch_size=3"):
+        sharding.check_batch(3, sharding.make_mesh(8, 1))
+
+
+def test_entry_depth_is_a_pure_function_of_seed_and_step():
+    cfg = TrainConfig(entry_depths=(0, 1), entry_probs=(0.5, 0.5))
+    draws = [entry_depth(cfg, 3, i) for i in range(200)]
+    assert draws == [entry_depth(cfg, 3, i) for i in range(200)]
+    assert 60 < sum(draws) < 140
+    assert {entry_depth(TrainConfig(), 3, i) for i in range(20)} == {0}
+
+
+def test_dice_scores_per_leaf_and_level_match_a_plain_count():
+    protocol = get_protocol("mni-tissue")
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 7, (2, 6, 6, 6))
+    pred = np.where(rng.random(ref.shape) < 0.8, ref, rng.integers(0, 7, ref.shape))
+    ref[0, 0] = -1  # unscored
+    scores = validate.dice_scores(pred, ref, protocol)
+    names = protocol.id_names()
+    member = protocol.membership()
+    for i in range(1, len(member) - len(protocol.sets)):
+        vals = []
+        for p, r in zip(pred, ref, strict=True):
+            ok = r >= 0
+            pm = np.isin(p, np.flatnonzero(member[i])) & ok
+            rm = np.isin(r, np.flatnonzero(member[i])) & ok
+            vals.append(
+                1.0 if pm.sum() + rm.sum() == 0 else 2 * (pm & rm).sum() / (pm.sum() + rm.sum())
+            )
+        assert scores[names[i]] == pytest.approx(np.mean(vals)), names[i]
+    assert "level0" in scores and scores["level0"] >= scores[f"level{len(protocol.levels()) - 1}"]
+    assert validate.dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def _params(workdir):
+    params, ema, n = checkpoint.restore_params(workdir)
+    return params, ema, n
+
+
+def _losses(workdir):
+    rows = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.mark.slow
+def test_resume_equals_a_straight_run_and_nan_stops_cleanly(tiny_mni_cache, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = train(tiny_config(tiny_mni_cache, steps=4, checkpoint_every=0), straight)
+    train(tiny_config(tiny_mni_cache, steps=2, checkpoint_every=0), resumed)
+    assert _params(resumed)[2] == 2
+    b = train(tiny_config(tiny_mni_cache, steps=4, checkpoint_every=0), resumed)
+    pa, ea, na = _params(straight)
+    pb, eb, nb = _params(resumed)
+    assert na == nb == 4
+    for x, y in zip(jax.tree.leaves((pa, ea)), jax.tree.leaves((pb, eb)), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+    la, lb = _losses(straight), _losses(resumed)
+    assert [la[s] for s in (3, 4)] == [lb[s] for s in (3, 4)]  # same data and noise after resume
+    assert a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
+    assert (straight / "config.json").is_file() and (straight / "curves.png").is_file()
+    assert {"val/depth0/level0", "val/depth0/Brain", "val_dice"} <= set(a)
+
+    # a diverging run stops before saving anything from a broken state
+    broken = tmp_path / "broken"
+    with pytest.raises(NonFiniteError, match="NaN/Inf at step"):
+        train(tiny_config(tiny_mni_cache, steps=6, lr=1e30, checkpoint_every=1), broken)
+    params, _, n = _params(broken)
+    assert 1 <= n < 6
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_train_binary_says_what_is_wrong_with_a_bad_override(tmp_path):
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "--config=configs/tiny.py"]
+    cmd += [f"--workdir={tmp_path}", "--config.train.stepz=3"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert "stepz" in r.stderr and 'Did you mean "steps"' in r.stderr
