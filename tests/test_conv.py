@@ -5,14 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msseg.models import conv
+from msseg.models import conv, onednn
 
 
 def data(shape, c_in, c_out, k, seed=0, dtype=jnp.float32):
-    kx, kk = jax.random.split(jax.random.key(seed))
-    x = jax.random.normal(kx, (2, *shape, c_in), dtype)
-    w = jax.random.normal(kk, (k, k, k, c_in, c_out), dtype) / np.sqrt(k**3 * c_in)
-    return x, w
+    # numpy, not jax.random: XLA:CPU compiles the random bits slowly for every new shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, *shape, c_in), np.float32)
+    w = rng.standard_normal((k, k, k, c_in, c_out), np.float32) / np.sqrt(k**3 * c_in)
+    return jnp.asarray(x, dtype), jnp.asarray(w, dtype)
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 8), (7, 5, 6), (1, 4, 3)])
@@ -45,6 +46,24 @@ def test_bfloat16():
 
 
 def test_auto_and_errors():
-    assert conv.resolve("auto") == ("slices2d" if jax.default_backend() == "cpu" else "xla")
+    cpu = jax.default_backend() == "cpu"
+    best_cpu = "onednn" if onednn.available() else "slices2d"
+    assert conv.resolve("auto") == (best_cpu if cpu else "xla")
     with pytest.raises(ValueError, match="conv_impl"):
         conv.resolve("cudnn3d")
+
+
+def test_onednn_falls_back_with_one_notice_when_unavailable(monkeypatch):
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    monkeypatch.setattr(onednn, "reason", lambda: "not built (test)")
+    monkeypatch.setattr(conv, "_noticed", False)
+    warnings = []
+    monkeypatch.setattr(conv.logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
+    fallback = "slices2d" if jax.default_backend() == "cpu" else "xla"
+    assert conv.resolve("auto") == fallback and not warnings  # auto falls back silently
+    assert conv.resolve("onednn") == conv.resolve("onednn") == fallback
+    assert len(warnings) == 1 and "not built (test)" in warnings[0]
+    x, w = data((7, 5, 6), 3, 4, 3)
+    np.testing.assert_allclose(
+        conv.conv3d(x, w, 2, "onednn"), conv.conv3d(x, w, 2, "xla"), rtol=1e-5, atol=1e-5
+    )
