@@ -138,8 +138,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _host_mean(pending: list[dict]) -> dict:
+    """Means over the steps of the window (a key missing at some entry depths: over the rest)."""
     rows = jax.device_get(pending)
-    return {k: float(np.mean([np.asarray(r[k], np.float64) for r in rows])) for k in rows[0]}
+    keys = sorted({k for r in rows for k in r})
+    return {k: float(np.mean([np.asarray(r[k], np.float64) for r in rows if k in r])) for k in keys}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:

@@ -56,7 +56,7 @@ def make_train_step(
         new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
         metrics = {
-            **terms,
+            **_absolute_depths(terms, entry_depth),
             "loss": loss,
             "grad_norm": grad_norm,
             "lr": schedule(state.step),
@@ -67,6 +67,15 @@ def make_train_step(
     return train_step
 
 
+def _absolute_depths(terms: dict, entry_depth: int) -> dict:
+    """`mse/depth{i}` (i-th output) → `mse/depth{entry_depth + i}` (the depth it lives at)."""
+    out = {}
+    for k, v in terms.items():
+        name, sep, depth = k.rpartition("/depth")
+        out[f"{name}/depth{int(depth) + entry_depth}" if sep else k] = v
+    return out
+
+
 def make_eval_step(model: MultiscaleUNet, s: sch.Schedule | None, loss_cfg: losses.LossConfig):
     """`eval_step(params, batch, key, entry_depth)`: the training objective without updates."""
 
@@ -75,7 +84,7 @@ def make_eval_step(model: MultiscaleUNet, s: sch.Schedule | None, loss_cfg: loss
         loss, terms = losses.model_loss(
             model, params, image, y, key, s, loss_cfg, entry_depth=entry_depth, train=False
         )
-        return {**terms, "loss": loss}
+        return {**_absolute_depths(terms, entry_depth), "loss": loss}
 
     return eval_step
 
