@@ -140,6 +140,9 @@ def _padding(spatial, k: int, stride: int) -> np.ndarray:
 
 
 def _call(kind: str, a, b, out: jax.ShapeDtypeStruct, stride: int, padding: np.ndarray):
+    ok, why, _ = _status()  # loads the library and registers the targets on first use
+    if not ok:
+        raise RuntimeError(f"the oneDNN convolution is unavailable: {why}")
     return jax.ffi.ffi_call(_NAME + kind, out, vmap_method="sequential")(
         a, b, stride=np.int64(stride), padding=padding, layout=np.int64(_layout())
     )
