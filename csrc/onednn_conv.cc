@@ -39,6 +39,7 @@ MSSEG_EXPORT XLA_FFI_Error* MssegOnednnConvBwdData(XLA_FFI_CallFrame* call_frame
 MSSEG_EXPORT XLA_FFI_Error* MssegOnednnConvBwdWeights(XLA_FFI_CallFrame* call_frame);
 MSSEG_EXPORT int64_t MssegOnednnVersion();
 MSSEG_EXPORT int64_t MssegOnednnCacheSize();
+MSSEG_EXPORT int64_t MssegOnednnSupports(int64_t bf16);
 
 namespace {
 
@@ -63,6 +64,7 @@ struct Slot {
   memory::desc prim;
   bool reordered = false;
   dnnl::reorder reorder;
+  size_t reorder_scratchpad_bytes = 0;
 };
 
 struct Entry {
@@ -85,7 +87,7 @@ struct Arena {
     void* data = nullptr;
     size_t bytes = 0;
   };
-  std::array<Buffer, 4> buffers;
+  std::array<Buffer, 5> buffers;  // 0-2: reordered tensors, 3: scratchpad, 4: reorder's
   ~Arena() {
     for (auto& b : buffers) std::free(b.data);
   }
@@ -191,8 +193,12 @@ void SetSlot(Slot* s, int arg, bool output, const memory::desc& user, const memo
   s->reordered = !(user == prim);
   if (s->reordered) {
     auto& eng = Engine();
-    s->reorder = output ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, prim, eng, user))
-                        : dnnl::reorder(dnnl::reorder::primitive_desc(eng, user, eng, prim));
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto pd = output ? dnnl::reorder::primitive_desc(eng, prim, eng, user, attr)
+                     : dnnl::reorder::primitive_desc(eng, user, eng, prim, attr);
+    s->reorder_scratchpad_bytes = pd.scratchpad_desc().get_size();
+    s->reorder = dnnl::reorder(pd);
   }
 }
 
@@ -272,6 +278,19 @@ std::shared_ptr<const Entry> Lookup(Kind kind, const Geometry& g) {
   return Cache().emplace(key, std::move(entry)).first->second;
 }
 
+memory Bytes(size_t bytes, void* data) {
+  return memory(memory::desc({static_cast<memory::dim>(bytes)}, Dt::u8, Tag::x), Engine(), data);
+}
+
+void RunReorder(const Slot& s, dnnl::stream& stream, const memory& from, const memory& to) {
+  std::unordered_map<int, memory> args = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+  if (s.reorder_scratchpad_bytes > 0) {
+    args.emplace(DNNL_ARG_SCRATCHPAD,
+                 Bytes(s.reorder_scratchpad_bytes, arena.Get(4, s.reorder_scratchpad_bytes)));
+  }
+  s.reorder.execute(stream, args);
+}
+
 void Execute(const Entry& e, std::array<void*, 3> data) {
   auto& eng = Engine();
   dnnl::stream stream(eng);
@@ -282,21 +301,18 @@ void Execute(const Entry& e, std::array<void*, 3> data) {
     user[i] = memory(s.user, eng, data[i]);
     if (s.reordered) {
       prim[i] = memory(s.prim, eng, arena.Get(i, s.prim.get_size()));
-      if (!s.output) s.reorder.execute(stream, user[i], prim[i]);
+      if (!s.output) RunReorder(s, stream, user[i], prim[i]);
     } else {
       prim[i] = user[i];
     }
     args.emplace(s.arg, prim[i]);
   }
   if (e.scratchpad_bytes > 0) {
-    args.emplace(DNNL_ARG_SCRATCHPAD,
-                 memory(memory::desc({static_cast<memory::dim>(e.scratchpad_bytes)}, Dt::u8,
-                                     Tag::x),
-                        eng, arena.Get(3, e.scratchpad_bytes)));
+    args.emplace(DNNL_ARG_SCRATCHPAD, Bytes(e.scratchpad_bytes, arena.Get(3, e.scratchpad_bytes)));
   }
   e.primitive.execute(stream, args);
   const Slot& out = e.slots[2];
-  if (out.reordered) out.reorder.execute(stream, prim[2], user[2]);
+  if (out.reordered) RunReorder(out, stream, prim[2], user[2]);
   stream.wait();
 }
 
@@ -378,4 +394,33 @@ int64_t MssegOnednnVersion() {
 int64_t MssegOnednnCacheSize() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   return static_cast<int64_t>(Cache().size());
+}
+
+// Whether this CPU runs the three primitives for f32 (bf16 = 0) or bf16 (bf16 = 1) operands:
+// builds them for a small shape (strides 1 and 2) and reports 0 when oneDNN has no
+// implementation (e.g. bf16 on CPUs without AVX-512), so callers can fall back beforehand.
+int64_t MssegOnednnSupports(int64_t bf16) {
+  try {
+    for (int64_t stride : {1, 2}) {
+      Geometry g;
+      g.batch = 1;
+      g.c = 8;
+      g.f = 8;
+      g.k = 3;
+      g.stride = stride;
+      g.in = {6, 6, 6};
+      g.out = {6 / stride, 6 / stride, 6 / stride};
+      g.lo = {stride == 1 ? 1 : 0, stride == 1 ? 1 : 0, stride == 1 ? 1 : 0};
+      g.hi = {1, 1, 1};
+      g.dtype = bf16 ? Dt::bf16 : Dt::f32;
+      g.layout = kAnyWeights;
+      for (Kind kind : {kFwd, kBwdData, kBwdWeights}) {
+        g.result = kind == kBwdWeights ? Dt::f32 : g.dtype;
+        Lookup(kind, g);
+      }
+    }
+  } catch (const std::exception&) {
+    return 0;
+  }
+  return 1;
 }

@@ -90,6 +90,8 @@ def _load() -> tuple[bool, str, ctypes.CDLL | None]:
             jax.ffi.register_ffi_target(_NAME + kind, fn, platform="cpu")
         lib.MssegOnednnVersion.restype = ctypes.c_int64
         lib.MssegOnednnCacheSize.restype = ctypes.c_int64
+        lib.MssegOnednnSupports.restype = ctypes.c_int64
+        lib.MssegOnednnSupports.argtypes = [ctypes.c_int64]
         v = lib.MssegOnednnVersion()
     except (OSError, AttributeError) as e:
         return False, f"cannot load {os.path.basename(ext)}: {e}", None
@@ -122,9 +124,21 @@ def cache_size() -> int:
     return int(lib.MssegOnednnCacheSize()) if lib is not None else 0
 
 
+@functools.cache
+def _cpu_supports(dtype_name: str) -> bool:
+    """Whether oneDNN has all three primitives for this dtype on this CPU (bf16 needs AVX-512)."""
+    lib = _status()[2]
+    return lib is not None and bool(lib.MssegOnednnSupports(int(dtype_name == "bfloat16")))
+
+
 def supports(x: jax.Array, kernel: jax.Array) -> bool:
-    """Whether `conv3d` handles these operand dtypes (float32 or bfloat16, both the same)."""
-    return x.dtype == kernel.dtype and any(x.dtype == d for d in DTYPES)
+    """Whether `conv3d` handles these operands: float32 or bfloat16 (both the same), and this
+    CPU has oneDNN kernels for that dtype."""
+    return (
+        x.dtype == kernel.dtype
+        and any(x.dtype == d for d in DTYPES)
+        and _cpu_supports(jnp.dtype(x.dtype).name)
+    )
 
 
 def _layout() -> int:
@@ -323,7 +337,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
         raise ValueError(f"channels of x {x.shape} and kernel {kernel.shape} differ")
     if not supports(x, kernel):
         raise ValueError(
-            f"the oneDNN convolution takes float32 or bfloat16 operands of one "
-            f"dtype, got {x.dtype} and {kernel.dtype}"
+            f"the oneDNN convolution takes float32 or bfloat16 operands of one dtype that this "
+            f"CPU supports, got {x.dtype} and {kernel.dtype}"
         )
     return _conv(x, kernel, int(stride))
