@@ -191,6 +191,9 @@ def test_dtypes_errors_and_cache():
         onednn.conv3d(x, w.astype(jnp.bfloat16))
     with pytest.raises(ValueError, match="channels"):
         onednn.conv3d(x, w[:, :, :, :1])
+    bad = jax.ShapeDtypeStruct((1, 5, 4, 4, 3), jnp.float32)  # the handler checks shapes
+    with pytest.raises(Exception, match="inconsistent shapes"):
+        jax.block_until_ready(onednn._call("fwd", x, w, bad, 1, onednn._padding((4,) * 3, 3, 1)))
     x16, w16 = x.astype(jnp.float16), w.astype(jnp.float16)  # conv.conv3d falls back to XLA
     close(conv.conv3d(x16, w16, 1, "onednn"), ref(x, w, 1), 1e-2)
     jax.jit(onednn.conv3d)(x, w).block_until_ready()
