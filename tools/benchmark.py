@@ -16,7 +16,7 @@ flags.DEFINE_list(
     "Compute dtypes to compare: float32, bfloat16 (the whole model), mixed (bf16 convolutions).",
 )
 flags.DEFINE_list(
-    "conv_impl", ["auto"], "Convolution implementations to compare (auto, xla, slices2d)."
+    "conv_impl", ["auto"], "Convolution implementations to compare (auto, xla, slices2d, onednn)."
 )
 flags.DEFINE_integer("repeats", 3, "Timed runs per pass, after one warm-up.")
 flags.DEFINE_string("output", None, "Optional JSON file for the figures.")

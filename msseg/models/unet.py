@@ -60,7 +60,7 @@ class UNetConfig:
     conv_dtype: str | None = None
     remat: bool = False
     diffusion: bool = True
-    conv_impl: str = "auto"  # "auto" | "xla" | "slices2d" (msseg.models.conv)
+    conv_impl: str = "auto"  # "auto" | "xla" | "slices2d" | "onednn" (msseg.models.conv)
 
     def __post_init__(self):
         if not self.channels or any(
