@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 PY=$(tools/setup.sh dev | tail -n 1)
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}"
 export JAX_PLATFORMS=cpu
+# keep XLA's large buffers in glibc's heap between steps (WORKSPACE.md, Precision/Allocator)
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1073741824}
+export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
 "$PY" -m ruff check .
 if [ $# -eq 0 ]; then set -- -m "not slow"; fi
 "$PY" -m pytest -q "$@"
