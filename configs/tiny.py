@@ -21,7 +21,6 @@ def get_config(arg=None):
     m.norm_groups = 4
     c.diffusion.num_timesteps = 100
     t = c.train
-    t.mesh_data = 2  # the batch of 2 over 2 of the (fake) devices
     t.steps = 4
     t.warmup_steps = 1
     t.lr = 1e-3

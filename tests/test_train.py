@@ -26,6 +26,7 @@ def tiny_config(cache, **train):
     c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
     c.data.cache = str(cache)
     c.train.val_depths = (0,)
+    c.train.mesh_data = 2  # the batch of 2 over 2 of the 8 fake devices
     for k, v in train.items():
         c.train[k] = v
     return c
@@ -86,12 +87,28 @@ def test_spatial_sharding_gives_the_same_loss_as_none():
 def test_a_non_finite_step_leaves_the_state_unchanged():
     fn, state, batch = _setup(batch=2)
     batch["image"][0, 0, 0, 0, 0] = np.nan
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
     new, m = jax.jit(fn, static_argnums=3)(state, batch, jax.random.key(0), 0)
     assert not bool(m["finite"])
     for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)
-    del mesh
+
+
+def test_eval_step_is_the_train_objective_without_the_update():
+    fn, state, batch = _setup(batch=2)
+    model = MultiscaleUNet(
+        UNetConfig(num_classes=3, channels=(4, 8), num_res_blocks=1, norm_groups=2)
+    )
+    eval_step = step.make_eval_step(
+        model, sch.make_schedule("linear", 100), losses.LossConfig(dice_weight=0.5)
+    )
+    key = jax.random.key(1)
+    _, trained = jax.jit(fn, static_argnums=3)(state, batch, key, 1)
+    evaluated = jax.jit(eval_step, static_argnums=3)(
+        state.params, batch, jax.random.fold_in(key, 0), 1
+    )
+    assert set(evaluated) == set(trained) - {"grad_norm", "lr", "finite"}
+    assert "mse/depth1" in evaluated and "mse/depth0" not in evaluated  # absolute depths
+    np.testing.assert_allclose(evaluated["loss"], trained["loss"], rtol=1e-5)
 
 
 def test_mesh_and_batch_checks():

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=$(tools/setup.sh | tail -n 1)
 OUT=${OUT:-runs/quickstart}
 # glibc hands every buffer over 32 MB back to the OS, so each step page-faults its
-# activations again; keep freed memory in the heap instead (msseg.runtime, WORKSPACE.md).
+# activations again; keep freed memory in the heap instead (WORKSPACE.md, Precision/Allocator).
 export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1073741824}
 export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-4294967296}
 "$PY" tools/train.py --config=configs/quickstart.py --workdir="$OUT" "$@"

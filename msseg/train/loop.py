@@ -27,7 +27,7 @@ from msseg.labels import Protocol
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import checkpoint, sharding, step, validate
 from msseg.train.metrics import MetricsLog, is_main, plot_curves
-from msseg.train.state import TrainConfig, TrainState, create_state, make_optimizer
+from msseg.train.state import TrainConfig, create_state, make_optimizer
 
 
 class NonFiniteError(RuntimeError):
@@ -137,9 +137,8 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _host_mean(pending: list[dict]) -> dict:
+def _host_mean(rows: list[dict]) -> dict:
     """Means over the steps of the window (a key missing at some entry depths: over the rest)."""
-    rows = jax.device_get(pending)
     keys = sorted({k for r in rows for k in r})
     return {k: float(np.mean([np.asarray(r[k], np.float64) for r in rows if k in r])) for k in keys}
 
@@ -214,8 +213,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             do_ckpt = do_val or (tcfg.checkpoint_every and n % tcfg.checkpoint_every == 0)
             if not (do_ckpt or last or n % tcfg.log_every == 0):
                 continue
-            _check_finite(pending, n, ckpt)
-            window = _host_mean(pending)
+            rows = jax.device_get(pending)  # one transfer for the check and the log
+            _check_finite(rows, n, ckpt)
+            window = _host_mean(rows)
             seconds = time.perf_counter() - window_start
             window.pop("finite")
             window.update(
@@ -225,7 +225,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             )
             log.write(n, window)
             log.progress(n, window)
-            pending, metrics = [], None
+            pending = []
             val = None
             if do_val:
                 val = validate.validate(segmenter, state.ema_params, valset, val_key)
@@ -249,11 +249,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     return {"step": int(state.step), "ema_params_l1": float(validate.to_host(l1)), **last_val}
 
 
-def _check_finite(pending: list[dict], n: int, ckpt: checkpoint.Checkpointer) -> None:
-    flags = np.asarray(jax.device_get([m["finite"] for m in pending]))
+def _check_finite(rows: list[dict], n: int, ckpt: checkpoint.Checkpointer) -> None:
+    """Raises NonFiniteError if a step of the window (host metrics ending at n) was not finite."""
+    flags = np.asarray([r["finite"] for r in rows])
     if flags.all():
         return
-    bad = n - len(pending) + 1 + int(np.argmin(flags))
+    bad = n - len(rows) + 1 + int(np.argmin(flags))
     ckpt.wait()
     raise NonFiniteError(
         f"the loss or gradient is NaN/Inf at step {bad}: training stopped, no update from that "
@@ -261,6 +262,3 @@ def _check_finite(pending: list[dict], n: int, ckpt: checkpoint.Checkpointer) ->
         f"{ckpt.latest_step()} in {ckpt.directory}). Lower train.lr, raise train.warmup_steps "
         "or check the data."
     )
-
-
-__all__ = ["NonFiniteError", "TrainState", "train"]
