@@ -34,10 +34,9 @@ from msseg.models.layers import (
     Conv3D,
     Norm,
     ResBlock,
-    downsample,
     timestep_embedding,
-    upsample,
 )
+from msseg.models.resize import downsample, upsample
 
 SKIPS = ("unet", "unet3plus")
 
@@ -164,14 +163,14 @@ class MultiscaleUNet(nn.Module):
                     )
                     tag = "enc" if s <= d else "dec"
                     h = h + Conv3D(cfg.channels[d], name=f"dec{d}_from_{tag}{s}", **ckw)(src)
-                h = nn.silu(Norm(cfg.norm_groups, name=f"dec{d}_fuse_norm", **kw)(h))
+                h = Norm(cfg.norm_groups, name=f"dec{d}_fuse_norm", **kw)(h, silu=True)
             dec[d] = self._stage("dec", d, h, temb, train)
 
         heads = [Conv3D(cfg.num_classes, kernel=1, name=f"head{d}", **ckw) for d in range(n_depths)]
         norms = [Norm(cfg.norm_groups, name=f"head{d}_norm", **kw) for d in range(n_depths)]
         preds = []
         for d in range(e, n_depths):
-            out = heads[d](nn.silu(norms[d](dec[d]))).astype(jnp.float32)
+            out = heads[d](norms[d](dec[d], silu=True)).astype(jnp.float32)
             size = [math.ceil(n / 2 ** (d - e)) for n in spatial]
             preds.append(out[:, : size[0], : size[1], : size[2]])
         return tuple(preds)
