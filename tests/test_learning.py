@@ -10,7 +10,7 @@ import pytest
 
 from msseg.diffusion import losses, segment
 from msseg.diffusion import schedule as sch
-from msseg.models.layers import downsample
+from msseg.models.resize import downsample
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 
 SIZE, K = 16, 3

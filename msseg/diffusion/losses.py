@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msseg.diffusion import schedule as sch
-from msseg.models.layers import downsample
+from msseg.models.resize import downsample
 
 EPS = 1e-6
 

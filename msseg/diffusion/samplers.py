@@ -139,6 +139,71 @@ def _predict(
     return x0_hat, eps_hat
 
 
+def sample_chain(
+    denoise: DenoiseFn,
+    s: Schedule,
+    x_t: jax.Array,
+    key: jax.Array,
+    ts: jax.Array,
+    ts_next: jax.Array,
+    *,
+    eta: float | jax.Array,
+    ancestral: bool | jax.Array,
+    target: Target,
+    clip_x0: bool = True,
+) -> jax.Array:
+    """Runs the chain x_t → x0 over timesteps `ts` [S] (to `ts_next` [S]): the one sampling loop.
+
+    Step i calls the denoiser at ts[i] and moves to ts_next[i] with `ddpm_step` (ancestral)
+    or `ddim_step` (eta); its noise comes from key i of `jax.random.split(key, S)`. S may be
+    a symbolic dimension and `eta` / `ancestral` traced values (the exported sampler takes
+    them as inputs, so one artifact runs DDPM, DDIM and truncated chains of any length); a
+    Python `eta == 0` with `ancestral=False` draws no noise at all. Returns x0 [B, ...]
+    float32 (the last step lands on x0_hat).
+    """
+    x = jnp.asarray(x_t, jnp.float32)
+    batch = x.shape[0]
+    keys = jax.random.split(key, ts.shape[0])
+    noiseless = ancestral is False and isinstance(eta, (int, float)) and eta == 0
+
+    def body(x, step):
+        t, t_next, k = step
+        tb = jnp.full((batch,), t, jnp.int32)
+        x0_hat, eps_hat = _predict(denoise, s, x, tb, target, clip_x0)
+        noise = jnp.zeros_like(x) if noiseless else jax.random.normal(k, x.shape, jnp.float32)
+        if ancestral is True:
+            return ddpm_step(s, x, tb, x0_hat, noise), None
+        tb_next = jnp.full((batch,), t_next, jnp.int32)
+        if ancestral is False:
+            return ddim_step(s, x, tb, tb_next, x0_hat, eps_hat, eta, noise), None
+        new = jax.lax.cond(  # traced: one of the two updates per call
+            ancestral,
+            lambda: ddpm_step(s, x, tb, x0_hat, noise),
+            lambda: ddim_step(s, x, tb, tb_next, x0_hat, eps_hat, eta, noise),
+        )
+        return new, None
+
+    x, _ = jax.lax.scan(
+        body, x, (jnp.asarray(ts, jnp.int32), jnp.asarray(ts_next, jnp.int32), keys)
+    )
+    return x
+
+
+def chain_timesteps(
+    kind: str, num_timesteps: int, steps: int, t_start: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ts, ts_next) int32 [S] of a "ddpm" chain (every timestep from t_start down to 0) or a
+    "ddim" chain (`ddim_timesteps`); ts_next ends at -1 (past the last step)."""
+    t0 = _resolve_t_start(num_timesteps, t_start)
+    if kind == "ddpm":
+        ts = np.arange(t0, -1, -1, dtype=np.int32)
+    elif kind == "ddim":
+        ts = ddim_timesteps(num_timesteps, steps, t0)
+    else:
+        raise ValueError(f"chain kind must be 'ddpm' or 'ddim', got {kind!r}")
+    return ts, np.append(ts[1:], -1).astype(np.int32)
+
+
 def ddpm_sample(
     denoise: DenoiseFn,
     s: Schedule,
@@ -155,21 +220,10 @@ def ddpm_sample(
     (clipped to [-1, 1] if `clip_x0`), x_{t-1} = `ddpm_step`. Returns x0 [B, ...] float32
     (the last posterior mean).
     """
-    t0 = _resolve_t_start(s.num_timesteps, t_start)
-    x = jnp.asarray(x_t, jnp.float32)
-    batch = x.shape[0]
-    ts = jnp.arange(t0, -1, -1, dtype=jnp.int32)
-    keys = jax.random.split(key, t0 + 1)
-
-    def body(x, step):
-        t, k = step
-        tb = jnp.full((batch,), t, jnp.int32)
-        x0_hat, _ = _predict(denoise, s, x, tb, target, clip_x0)
-        noise = jax.random.normal(k, x.shape, jnp.float32)
-        return ddpm_step(s, x, tb, x0_hat, noise), None
-
-    x, _ = jax.lax.scan(body, x, (ts, keys))
-    return x
+    ts, ts_next = chain_timesteps("ddpm", s.num_timesteps, 0, t_start)
+    return sample_chain(
+        denoise, s, x_t, key, ts, ts_next, eta=1.0, ancestral=True, target=target, clip_x0=clip_x0
+    )
 
 
 def ddim_sample(
@@ -190,25 +244,7 @@ def ddim_sample(
     returning x0_hat) with `ddim_step`. eta = 0 (a Python 0) draws no noise at all.
     Returns x0 [B, ...] float32.
     """
-    t0 = _resolve_t_start(s.num_timesteps, t_start)
-    ts_np = ddim_timesteps(s.num_timesteps, steps, t0)
-    ts = jnp.asarray(ts_np)
-    ts_next = jnp.asarray(np.append(ts_np[1:], -1).astype(np.int32))
-    stochastic = not (isinstance(eta, (int, float)) and eta == 0)
-    x = jnp.asarray(x_t, jnp.float32)
-    batch = x.shape[0]
-    keys = jax.random.split(key, steps)
-
-    def body(x, step):
-        t, t_next, k = step
-        tb = jnp.full((batch,), t, jnp.int32)
-        tb_next = jnp.full((batch,), t_next, jnp.int32)
-        x0_hat, eps_hat = _predict(denoise, s, x, tb, target, clip_x0)
-        if stochastic:
-            noise = jax.random.normal(k, x.shape, jnp.float32)
-        else:
-            noise = jnp.zeros_like(x)
-        return ddim_step(s, x, tb, tb_next, x0_hat, eps_hat, eta, noise), None
-
-    x, _ = jax.lax.scan(body, x, (ts, ts_next, keys))
-    return x
+    ts, ts_next = chain_timesteps("ddim", s.num_timesteps, steps, t_start)
+    return sample_chain(
+        denoise, s, x_t, key, ts, ts_next, eta=eta, ancestral=False, target=target, clip_x0=clip_x0
+    )

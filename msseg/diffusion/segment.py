@@ -11,11 +11,19 @@ Coarse-to-fine ("multiscale"): sample at `coarse_depth` c (image average-pooled 
 entering the U-Net at depth c) with `coarse_steps` DDIM steps; then for each finer depth,
 upsample the estimate (nearest), noise it to `refine_t` by q_sample and run a truncated
 DDIM chain of `refine_steps` steps from there, down to depth 0.
+
+The samplers drive a `ChainFn`: one chain (x_t → x0, `samplers.sample_chain`) of the
+denoiser entered at a given depth. `model_chain` builds it from a flax model and its params;
+the exported model directory (msseg.export, msseg.inference) provides the same function as
+compiled artifacts, so training-time validation and the sampling binary share this code.
+This module imports no flax: the model is only called through `model.apply`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +31,15 @@ import jax.numpy as jnp
 from msseg.diffusion import samplers
 from msseg.diffusion import schedule as sch
 from msseg.diffusion.losses import x0_to_probs
-from msseg.models.layers import downsample, upsample
-from msseg.models.unet import MultiscaleUNet
+from msseg.models.resize import downsample, upsample
+
+if TYPE_CHECKING:
+    from msseg.models.unet import MultiscaleUNet
+
+ChainFn = Callable[..., jax.Array]
+"""(image [B, X, Y, Z, C] at `depth`, x_t [B, X, Y, Z, K], key, ts [S], ts_next [S], eta,
+ancestral, depth) → x0 [B, X, Y, Z, K] float32: `samplers.sample_chain` of the denoiser
+entered at `depth` (a static int)."""
 
 SAMPLERS = ("ddim", "ddpm", "multiscale")
 FUSIONS = ("mean", "vote")
@@ -73,23 +88,80 @@ def denoiser(
     return fn
 
 
-def _chain(model, params, image, key, s, cfg: SamplerConfig, target, x_t, depth, steps, t_start):
-    fn = denoiser(model, params, image, depth)
-    if cfg.kind == "ddpm":
-        return samplers.ddpm_sample(
-            fn, s, x_t, key, target=target, t_start=t_start, clip_x0=cfg.clip_x0
+def model_chain(
+    model: MultiscaleUNet, params, s: sch.Schedule, target: sch.Target, clip_x0: bool = True
+) -> ChainFn:
+    """The `ChainFn` of a flax model and its params."""
+
+    def run(image, x_t, key, ts, ts_next, eta, ancestral, depth: int) -> jax.Array:
+        fn = denoiser(model, params, image, depth)
+        return samplers.sample_chain(
+            fn,
+            s,
+            x_t,
+            key,
+            ts,
+            ts_next,
+            eta=eta,
+            ancestral=ancestral,
+            target=target,
+            clip_x0=clip_x0,
         )
-    return samplers.ddim_sample(
-        fn,
-        s,
-        x_t,
-        key,
-        steps=steps,
-        eta=cfg.eta,
-        target=target,
-        t_start=t_start,
-        clip_x0=cfg.clip_x0,
-    )
+
+    return run
+
+
+def _run_chain(chain: ChainFn, image, x_t, key, s, cfg: SamplerConfig, depth, steps, t_start):
+    kind = "ddpm" if cfg.kind == "ddpm" else "ddim"
+    ts, ts_next = samplers.chain_timesteps(kind, s.num_timesteps, steps, t_start)
+    eta = 1.0 if kind == "ddpm" else cfg.eta
+    return chain(image, x_t, key, ts, ts_next, eta, kind == "ddpm", depth)
+
+
+def chain_masks(
+    chain: ChainFn,
+    image: jax.Array,
+    key: jax.Array,
+    s: sch.Schedule,
+    cfg: SamplerConfig,
+    num_classes: int,
+    num_depths: int,
+    entry_depth: int = 0,
+) -> jax.Array:
+    """[B, X, Y, Z, C] image → [B, X, Y, Z, K] one sampled mask in [-1, 1] per batch entry.
+
+    The image enters at `entry_depth` (it is at that depth's resolution); the multiscale
+    sampler starts `coarse_depth` depths below it and refines back up to it.
+    """
+    e = entry_depth
+    shape = (*image.shape[:-1], num_classes)
+    if cfg.kind != "multiscale":
+        k_init, k_chain = jax.random.split(key)
+        x_t = jax.random.normal(k_init, shape, jnp.float32)
+        return _run_chain(chain, image, x_t, k_chain, s, cfg, e, cfg.steps, None)
+    c = cfg.coarse_depth
+    if not 0 < c < num_depths - e:
+        raise ValueError(
+            f"coarse_depth must be in 1..{num_depths - 1 - e} at entry depth {e}, got {c}"
+        )
+    spatial = image.shape[1:4]
+    pad = [(0, -n % 2**c) for n in spatial]  # edge-pad to a multiple of 2^c, crop at the end
+    image = jnp.pad(image, [(0, 0), *pad, (0, 0)], mode="edge")
+    images = {d: downsample(image, 2**d) for d in range(c + 1)}
+    keys = jax.random.split(key, 2 * (c + 1))
+    x_t = jax.random.normal(keys[0], (*images[c].shape[:-1], num_classes), jnp.float32)
+    x0 = _run_chain(chain, images[c], x_t, keys[1], s, cfg, e + c, cfg.coarse_steps, None)
+    t_refine = int(round(cfg.refine_t * (s.num_timesteps - 1)))
+    for d in range(c - 1, -1, -1):
+        start = upsample(x0, 2)
+        t = jnp.full((start.shape[0],), t_refine, jnp.int32)
+        noise = jax.random.normal(keys[2 * (c - d)], start.shape, jnp.float32)
+        x_t = sch.q_sample(s, start, t, noise)
+        steps = min(cfg.refine_steps, t_refine + 1)
+        x0 = _run_chain(
+            chain, images[d], x_t, keys[2 * (c - d) + 1], s, cfg, e + d, steps, t_refine
+        )
+    return x0[:, : spatial[0], : spatial[1], : spatial[2]]
 
 
 def sample_masks(
@@ -102,53 +174,11 @@ def sample_masks(
     target: sch.Target,
     entry_depth: int = 0,
 ) -> jax.Array:
-    """[B, X, Y, Z, C] image → [B, X, Y, Z, K] one sampled mask in [-1, 1] per batch entry.
-
-    The image enters at `entry_depth` (it is at that depth's resolution); the multiscale
-    sampler starts `coarse_depth` depths below it and refines back up to it.
-    """
-    k = model.cfg.num_classes
-    e = entry_depth
-    shape = (*image.shape[:-1], k)
-    if cfg.kind != "multiscale":
-        k_init, k_chain = jax.random.split(key)
-        x_t = jax.random.normal(k_init, shape, jnp.float32)
-        return _chain(model, params, image, k_chain, s, cfg, target, x_t, e, cfg.steps, None)
-    c = cfg.coarse_depth
-    if not 0 < c < model.cfg.num_depths - e:
-        raise ValueError(
-            f"coarse_depth must be in 1..{model.cfg.num_depths - 1 - e} at entry depth {e}, got {c}"
-        )
-    spatial = image.shape[1:4]
-    pad = [(0, -n % 2**c) for n in spatial]  # edge-pad to a multiple of 2^c, crop at the end
-    image = jnp.pad(image, [(0, 0), *pad, (0, 0)], mode="edge")
-    images = {d: downsample(image, 2**d) for d in range(c + 1)}
-    keys = jax.random.split(key, 2 * (c + 1))
-    x_t = jax.random.normal(keys[0], (*images[c].shape[:-1], k), jnp.float32)
-    x0 = _chain(
-        model, params, images[c], keys[1], s, cfg, target, x_t, e + c, cfg.coarse_steps, None
+    """`chain_masks` with the chain of `model` and `params`."""
+    chain = model_chain(model, params, s, target, cfg.clip_x0)
+    return chain_masks(
+        chain, image, key, s, cfg, model.cfg.num_classes, model.cfg.num_depths, entry_depth
     )
-    t_refine = int(round(cfg.refine_t * (s.num_timesteps - 1)))
-    for d in range(c - 1, -1, -1):
-        start = upsample(x0, 2)
-        t = jnp.full((start.shape[0],), t_refine, jnp.int32)
-        noise = jax.random.normal(keys[2 * (c - d)], start.shape, jnp.float32)
-        x_t = sch.q_sample(s, start, t, noise)
-        steps = min(cfg.refine_steps, t_refine + 1)
-        x0 = _chain(
-            model,
-            params,
-            images[d],
-            keys[2 * (c - d) + 1],
-            s,
-            cfg,
-            target,
-            x_t,
-            e + d,
-            steps,
-            t_refine,
-        )
-    return x0[:, : spatial[0], : spatial[1], : spatial[2]]
 
 
 def fuse(masks: jax.Array, fusion: str) -> dict[str, jax.Array]:
@@ -177,6 +207,23 @@ def fuse(masks: jax.Array, fusion: str) -> dict[str, jax.Array]:
     }
 
 
+def ensemble_masks(
+    chain: ChainFn,
+    image: jax.Array,
+    key: jax.Array,
+    s: sch.Schedule,
+    cfg: SamplerConfig,
+    num_classes: int,
+    num_depths: int,
+    entry_depth: int = 0,
+) -> jax.Array:
+    """[B, X, Y, Z, C] image → [N, B, X, Y, Z, K] masks of cfg.ensemble members (one batch)."""
+    n, b = cfg.ensemble, image.shape[0]
+    batch = jnp.broadcast_to(image[None], (n, *image.shape)).reshape(n * b, *image.shape[1:])
+    masks = chain_masks(chain, batch, key, s, cfg, num_classes, num_depths, entry_depth)
+    return masks.reshape(n, b, *masks.shape[1:])
+
+
 def segment(
     model: MultiscaleUNet,
     params,
@@ -188,10 +235,9 @@ def segment(
     entry_depth: int = 0,
 ) -> dict[str, jax.Array]:
     """[B, X, Y, Z, C] image → `fuse` of an ensemble of cfg.ensemble sampled masks."""
-    n, b = cfg.ensemble, image.shape[0]
-    batch = jnp.broadcast_to(image[None], (n, *image.shape)).reshape(n * b, *image.shape[1:])
-    masks = sample_masks(model, params, batch, key, s, cfg, target, entry_depth)
-    return fuse(masks.reshape(n, b, *masks.shape[1:]), cfg.fusion)
+    chain = model_chain(model, params, s, target, cfg.clip_x0)
+    k, depths = model.cfg.num_classes, model.cfg.num_depths
+    return fuse(ensemble_masks(chain, image, key, s, cfg, k, depths, entry_depth), cfg.fusion)
 
 
 def segment_deterministic(

@@ -16,7 +16,7 @@ import optax
 
 from msseg.diffusion import losses
 from msseg.diffusion import schedule as sch
-from msseg.models.layers import downsample
+from msseg.models.resize import downsample
 from msseg.models.unet import MultiscaleUNet
 from msseg.train.state import TrainConfig, TrainState, ema_decay, lr_schedule
 

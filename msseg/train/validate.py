@@ -19,7 +19,7 @@ from msseg import labels as labels_lib
 from msseg.data.pipeline import CaseSource, label_pyramid, leaf_weights
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
-from msseg.models.layers import downsample
+from msseg.models.resize import downsample
 from msseg.models.unet import MultiscaleUNet
 
 
