@@ -13,7 +13,7 @@ import gzip
 import os
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -182,6 +182,19 @@ def check_same_grid(image: Volume, label: Volume, atol: float = 1e-3) -> None:
 
 
 # --------------------------------------------------------------------------- saving
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``
+    (a crash leaves the old file or none, never half a file)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _write(path: PathLike, data: np.ndarray, source: SourceGeometry) -> None:

@@ -11,6 +11,16 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
 
 
+def dataset_of(cache) -> str:
+    """The raw dataset folder a preprocessed cache was built from (its data.spec): training
+    on the cache with data.spec = this keeps it current instead of rebuilding it from the
+    full embedded set."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(cache) / "manifest.json").read_text())["root"]
+
+
 @pytest.fixture(scope="session")
 def tiny_mni_cache(tmp_path_factory):
     """A small embedded set (2 train / 1 val / 1 test at 4 mm) preprocessed at 4 mm."""

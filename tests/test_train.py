@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dataset_of
 
 from msseg.diffusion import losses
 from msseg.diffusion import schedule as sch
@@ -25,6 +26,7 @@ ROOT = Path(__file__).parents[1]
 def tiny_config(cache, **train):
     c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
     c.data.cache = str(cache)
+    c.data.spec = dataset_of(cache)
     c.train.val_depths = (0,)
     c.train.mesh_data = 2  # the batch of 2 over 2 of the 8 fake devices
     for k, v in train.items():

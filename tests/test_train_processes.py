@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import dataset_of
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
@@ -23,6 +24,7 @@ def _cmd(workdir, cache, *extra):
         "--config=configs/tiny.py",
         f"--workdir={workdir}",
         f"--config.data.cache={cache}",
+        f"--config.data.spec={dataset_of(cache)}",
         "--config.train.val_depths=(0,)",
         *extra,
     ]

@@ -1,4 +1,16 @@
-"""Benchmark model workloads (FLOPs, compile time, s per denoiser evaluation and train step)."""
+"""Benchmarks: model workloads (W1: FLOPs, s per denoiser evaluation and train step, per
+conv_impl and dtype), or the sampling throughput of a model (--model or --config).
+
+  python tools/benchmark.py [--workload=w1] [--conv_impl=onednn,xla] [--dtype=float32,mixed]
+  python tools/benchmark.py --model=MODEL|--config=configs/X.py --output=FILE.json
+      [--samplers=ddim,ddpm,multiscale] [--steps=5,10] [--ensembles=1,4] [--sizes=48,96]
+      [--compare=exported|local|xla|onednn|slices2d]
+
+Sampling throughput: compile time, s per denoiser evaluation, volumes/min and voxels/s and
+peak memory per sampler x steps x ensemble x volume size; --compare reruns the grid with a
+baseline (the other route, or the local route with that convolution) in the same process
+and prints speed-ups.
+"""
 
 import json
 import platform
@@ -20,10 +32,84 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("repeats", 3, "Timed runs per pass, after one warm-up.")
 flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
+flags.DEFINE_string("model", None, "Sampling throughput of this model directory.")
+flags.DEFINE_string("config", None, "Sampling throughput of this training config (random params).")
+flags.DEFINE_string("route", "auto", "Model route: auto, exported, local.")
+flags.DEFINE_list("samplers", ["ddim"], "Samplers: ddim, ddpm, multiscale.")
+flags.DEFINE_list("steps", ["10"], "DDIM steps to try.")
+flags.DEFINE_list("ensembles", ["1"], "Ensemble sizes to try.")
+flags.DEFINE_list("sizes", ["64"], "Cubic volume sizes (voxels per side, at the model's spacing).")
+flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+flags.DEFINE_string(
+    "compare",
+    None,
+    "Baseline: exported, local, or a conv_impl (xla, onednn, slices2d) for the local route.",
+)
+
+
+def _load(route: str, conv_impl: str = "auto"):
+    from msseg.inference import model as model_lib  # noqa: PLC0415
+
+    if FLAGS.model:
+        return model_lib.load_model(FLAGS.model, route=route, conv_impl=conv_impl)
+    import runpy  # noqa: PLC0415
+
+    config = runpy.run_path(FLAGS.config)["get_config"]().to_dict()
+    return model_lib.from_config(config, conv_impl=conv_impl)
+
+
+def _grid(model) -> list[dict]:
+    from msseg.inference import throughput  # noqa: PLC0415
+
+    rows = []
+    for sampler in FLAGS.samplers:
+        steps = [int(s) for s in FLAGS.steps] if sampler == "ddim" else [0]
+        for n in steps:
+            for ens in (int(e) for e in FLAGS.ensembles):
+                for size in (int(s) for s in FLAGS.sizes):
+                    row = throughput.measure(
+                        model,
+                        sampler=sampler,
+                        steps=n or 1,
+                        ensemble=ens,
+                        size=size,
+                        repeats=FLAGS.repeats,
+                        batch=FLAGS.batch,
+                    )
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    return rows
+
+
+def sampling_main() -> None:
+    from msseg.inference import throughput  # noqa: PLC0415
+
+    rows = _grid(_load(FLAGS.route))
+    base = None
+    if FLAGS.compare:
+        if FLAGS.compare in ("exported", "local"):
+            base = _grid(_load(FLAGS.compare))
+        else:
+            base = _grid(_load("local", FLAGS.compare))
+    print(throughput.format_table(rows, base))
+    if FLAGS.output:
+        meta = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": platform.machine(),
+            "model": FLAGS.model,
+            "config": FLAGS.config,
+            "runs": rows,
+            "baseline": base,
+            "compare": FLAGS.compare,
+        }
+        with open(FLAGS.output, "w") as f:
+            json.dump(meta, f, indent=1)
 
 
 def main(argv):
     del argv
+    if FLAGS.model or FLAGS.config:
+        return sampling_main()
     unknown = [w for w in FLAGS.workload if w not in benchmark.WORKLOADS]
     if unknown:
         raise app.UsageError(f"unknown workload(s) {unknown}; known: {list(benchmark.WORKLOADS)}")

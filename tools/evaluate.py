@@ -3,8 +3,12 @@
   python tools/evaluate.py --pred=DIR --ref=DIR --labels=MODEL|PROTOCOL --output=REPORT
       [--images=DIR] [--hd95=pooled|max] [--worst=3]
 
+  python tools/evaluate.py --model=MODEL --data=SPEC --split=test --output=REPORT
+      [--sampler=ddim|ddpm|multiscale] [--steps=N] [--ensemble=N] [--seed=S] [--depths=0,1]
+
 Writes REPORT/metrics.csv, summary.json, boxplot_<metric>.png and overlay PNGs of the worst
-cases, then prints mean Dice per label and level. (--model/--data/--split: not yet.)
+cases, then prints mean Dice per label and level. With --model, the split's cases are
+segmented first (as sample.py does; outputs under REPORT/samples/).
 """
 
 from absl import app, flags
@@ -29,9 +33,20 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("worst", 3, "Overlay PNGs for this many lowest-Dice cases.")
 flags.DEFINE_string("output", None, "Report folder to write.")
-flags.DEFINE_string("model", None, "Model directory to segment --data with (not yet available).")
+flags.DEFINE_string("model", None, "Model directory to segment --data with.")
 flags.DEFINE_string("data", None, "Dataset SPEC to segment and score (with --model).")
 flags.DEFINE_string("split", "test", "Split of --data to evaluate (with --model).")
+flags.DEFINE_enum("sampler", None, ["ddim", "ddpm", "multiscale"], "Sampler (default: model's).")
+flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
+flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
+flags.DEFINE_float("eta", None, "DDIM eta (default: the model's).")
+flags.DEFINE_enum("fusion", None, ["mean", "vote"], "Ensemble fusion (default: the model's).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
+flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+flags.DEFINE_list("depths", ["0"], "Entry depths to segment at (rows carry the depth if several).")
+flags.DEFINE_integer("max_cases", 0, "Evaluate only the first N cases (0 = all).")
+flags.DEFINE_enum("route", "auto", ["auto", "exported", "local"], "Sampler route (sample.py).")
 flags.mark_flag_as_required("output")
 
 
@@ -39,10 +54,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.model is not None or FLAGS.data is not None:
-        raise app.UsageError(
-            "--model/--data/--split evaluation is not yet available (it needs the inference "
-            "module); segment with the model first and pass --pred/--ref/--labels"
-        )
+        return _model_mode()
     missing = [f"--{n}" for n in ("pred", "ref", "labels") if getattr(FLAGS, n) is None]
     if missing:
         raise app.UsageError(f"{', '.join(missing)} required (with --pred/--ref mode)")
@@ -61,6 +73,42 @@ def main(argv):
             worst=FLAGS.worst,
         )
     except InputError as e:
+        raise SystemExit(f"evaluate: {e}") from None
+    print(report.format_dice_table(result.summary))
+    print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")
+
+
+def _model_mode():
+    if FLAGS.model is None or FLAGS.data is None:
+        raise app.UsageError("--model and --data go together")
+    from msseg.errors import InputError  # noqa: PLC0415
+    from msseg.evaluation import report  # noqa: PLC0415
+    from msseg.inference import evaluate, predict  # noqa: PLC0415
+    from msseg.inference import model as model_lib  # noqa: PLC0415
+
+    try:
+        model = model_lib.load_model(FLAGS.model, route=FLAGS.route)
+        cfg = model_lib.sampler_config(
+            model,
+            kind=FLAGS.sampler,
+            steps=FLAGS.steps,
+            ensemble=FLAGS.ensemble,
+            eta=FLAGS.eta,
+            fusion=FLAGS.fusion,
+        )
+        opts = predict.Options(cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch)
+        result = evaluate.evaluate_model(
+            model,
+            FLAGS.data,
+            FLAGS.split,
+            FLAGS.output,
+            opts,
+            depths=tuple(int(d) for d in FLAGS.depths),
+            hd95_mode=FLAGS.hd95,
+            worst=FLAGS.worst,
+            max_cases=FLAGS.max_cases,
+        )
+    except (InputError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"evaluate: {e}") from None
     print(report.format_dice_table(result.summary))
     print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")

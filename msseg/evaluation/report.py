@@ -19,14 +19,14 @@ import dataclasses
 import io
 import json
 import os
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from absl import logging
 
+from msseg import io as io_lib
 from msseg import labels as labels_lib
 from msseg.evaluation import metrics as metrics_lib
 from msseg.evaluation import plots
@@ -259,28 +259,16 @@ def format_dice_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _write_text(path: str, text: str) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
 
-    atomic_write(path, write)
+    io_lib.atomic_write(path, write)
 
 
 def _save_figure(fig, path: str) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    io_lib.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
 
 
 def rows_to_csv(rows: Sequence[Row]) -> str:

@@ -1,0 +1,189 @@
+"""Export a training run (a checkpoint of its workdir) as a self-contained model directory.
+
+The chain of every trained entry depth is exported with jax.export: portable XLA only (the
+model is rebuilt with `conv_impl="xla"`, no custom calls), a symbolic batch and a symbolic
+number of steps, lowered for cpu and cuda. Params travel as an input (params.npz), never as
+constants. See msseg.export.format for the directory layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+import msseg
+from msseg.data import preprocess
+from msseg.diffusion import segment as seg
+from msseg.export import format as fmt
+from msseg.models.unet import MultiscaleUNet
+from msseg.train import checkpoint, loop, metrics
+
+PLATFORMS = ("cpu", "cuda")
+
+
+def _run_config(workdir: Path) -> ml_collections.ConfigDict:
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir}: no config.json (is this a training workdir?)")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def _validation(workdir: Path, step: int) -> dict:
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [r for r in metrics.read_metrics(path) if r["step"] == step and "val_dice" in r]
+    if not rows:
+        return {}
+    return {k: v for k, v in rows[-1].items() if k == "val_dice" or k.startswith("val/")}
+
+
+def chain_function(model: MultiscaleUNet, setup: loop.Setup, depth: int):
+    """The exported function of the chain entered at `depth` (format.py has the signature)."""
+    if not model.cfg.diffusion:
+
+        def logits(params, image):
+            return model.apply(params, image, entry_depth=depth)[0].astype(jnp.float32)
+
+        return logits
+
+    def run(params, image, x_t, key_data, ts, ts_next, eta, ancestral):
+        bound = seg.model_chain(
+            model, params, setup.schedule, setup.loss.target, setup.sampler.clip_x0
+        )
+        key = jax.random.wrap_key_data(key_data)
+        return bound(image, x_t, key, ts, ts_next, eta, ancestral, depth)
+
+    return run
+
+
+def input_specs(model: MultiscaleUNet, params, patch, depth: int) -> tuple:
+    """ShapeDtypeStructs of the exported function's inputs (batch b and steps s symbolic)."""
+    b, s = jax.export.symbolic_shape("b, s")
+    size = tuple(p // 2**depth for p in patch)
+    cfg = model.cfg
+    p_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    image = jax.ShapeDtypeStruct((b, *size, cfg.image_channels), jnp.float32)
+    if not cfg.diffusion:
+        return (p_spec, image)
+    key_data = jax.random.key_data(jax.random.key(0))
+    return (
+        p_spec,
+        image,
+        jax.ShapeDtypeStruct((b, *size, cfg.num_classes), jnp.float32),
+        jax.ShapeDtypeStruct(key_data.shape, key_data.dtype),
+        jax.ShapeDtypeStruct((s,), jnp.int32),
+        jax.ShapeDtypeStruct((s,), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.float32),
+        jax.ShapeDtypeStruct((), jnp.bool_),
+    )
+
+
+def export_model(
+    workdir: str | os.PathLike,
+    output: str | os.PathLike,
+    step: str = "latest",
+    platforms: tuple[str, ...] = PLATFORMS,
+) -> Path:
+    """Workdir (its `step`: latest, best or a number) → model directory `output`; returns it."""
+    workdir = Path(workdir).absolute()
+    config = _run_config(workdir)
+    cache = config.data.cache or str(workdir / "cache")
+    if not (Path(cache) / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"{cache}: the run's preprocessed cache is missing (its manifest holds the label "
+            "protocol and the preprocessing the model was trained with)"
+        )
+    setup = loop.build_setup(config, cache)
+    manifest = preprocess.load_manifest(cache)
+    _, ema, n = checkpoint.restore_params(workdir, step)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), ema)
+    heads = params["params"]["head0"]["kernel"].shape[-1]
+    if heads != setup.protocol.num_leaves:
+        raise ValueError(
+            f"{cache}: protocol {setup.protocol.name!r} has {setup.protocol.num_leaves} leaves "
+            f"but the checkpoint predicts {heads} classes (was the cache rebuilt?)"
+        )
+    cfg = dataclasses.replace(setup.model.cfg, conv_impl="xla", remat=False)
+    model = MultiscaleUNet(cfg)
+    patch = tuple(setup.pipeline.patch_size)
+    depths = sorted({0, *setup.train.entry_depths})
+    if 0 not in setup.train.entry_depths:
+        logging.warning("export: the model never trained at entry depth 0; exported anyway")
+    sampler = setup.sampler
+    if sampler.kind == "multiscale" and sampler.coarse_depth not in depths:
+        logging.warning(
+            "export: the default multiscale sampler needs entry depth %d, not trained",
+            sampler.coarse_depth,
+        )
+    logging.info("export: %s step %d, entry depths %s, platforms %s", workdir, n, depths, platforms)
+
+    def write(tmp: Path) -> dict:
+        for d in depths:
+            fn = jax.jit(chain_function(model, setup, d))
+            exported = jax.export.export(fn, platforms=platforms)(
+                *input_specs(model, params, patch, d)
+            )
+            (tmp / fmt.function_file(d)).write_bytes(exported.serialize())
+        fmt.save_params(tmp / fmt.PARAMS, params)
+        shutil.copyfile(workdir / "config.json", tmp / fmt.CONFIG)
+        (tmp / fmt.LABELS).write_text(json.dumps(setup.protocol.to_json(), indent=1) + "\n")
+        return metadata(config, setup, cfg, manifest, n, workdir, depths, platforms)
+
+    out = fmt.write_directory(output, write)
+    logging.info("export: wrote %s", out)
+    return out
+
+
+def metadata(config, setup, cfg, manifest, step, workdir, depths, platforms) -> dict:
+    """metadata.json without the checksums (format.write_directory adds them)."""
+    import flax  # noqa: PLC0415
+    import jaxlib  # noqa: PLC0415
+
+    d = setup
+    return {
+        "format": fmt.FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": {
+            "msseg": msseg.__version__,
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__,
+        },
+        "source": {"workdir": str(workdir), "step": step},
+        "validation": _validation(workdir, step),
+        "kind": "diffusion" if cfg.diffusion else "deterministic",
+        "platforms": list(platforms),
+        "prng_impl": str(jax.random.key_impl(jax.random.key(0))),
+        "entry_depths": depths,
+        "functions": {str(dd): fmt.function_file(dd) for dd in depths},
+        "model": {
+            "num_classes": cfg.num_classes,
+            "image_channels": cfg.image_channels,
+            "num_depths": cfg.num_depths,
+            "channels": list(cfg.channels),
+            "dtype": cfg.dtype,
+            "conv_dtype": cfg.conv_dtype,
+        },
+        "patch_size": list(d.pipeline.patch_size),
+        "preprocess": manifest["config"],
+        "diffusion": None
+        if d.schedule is None
+        else {
+            "schedule": config.diffusion.schedule,
+            "num_timesteps": d.schedule.num_timesteps,
+            "target": d.loss.target.value,
+            "clip_x0": d.sampler.clip_x0,
+        },
+        "sampler": dataclasses.asdict(d.sampler),
+    }

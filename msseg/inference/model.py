@@ -1,0 +1,280 @@
+"""Load a model directory and give the segmenter its chain functions, exported or rebuilt.
+
+Routes:
+- "exported": the jax.export artifacts (portable XLA; jax and numpy are enough).
+- "local": the flax model rebuilt from the same params and config with the fastest
+  convolution of this machine (`conv_impl="auto"`: oneDNN on CPU) — needs msseg's model code.
+- "auto": "local" when the flax model code imports, else "exported".
+Both give `msseg.diffusion.segment.ChainFn`s running `samplers.sample_chain`, so they
+produce the same segmentation up to floating-point differences of the convolutions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msseg import labels as labels_lib
+from msseg.data.preprocess import PreprocessConfig
+from msseg.diffusion import schedule as sch
+from msseg.diffusion import segment as seg
+from msseg.errors import InputError
+from msseg.export import format as fmt
+
+ROUTES = ("auto", "exported", "local")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model directory, ready to segment.
+
+    `chain(params)` gives the `ChainFn` (diffusion models) and `logits(params)` the
+    deterministic segmenter `(image, depth) -> logits` (deterministic models): params
+    enter jitted code as arguments, never as baked-in constants. `entry_depths` are the
+    depths it can be entered at; `patch` the window size at depth 0.
+    """
+
+    path: Path
+    metadata: dict[str, Any]
+    config: dict[str, Any]
+    protocol: labels_lib.Protocol
+    preprocess: PreprocessConfig
+    patch: tuple[int, int, int]
+    num_classes: int
+    num_depths: int
+    entry_depths: tuple[int, ...]
+    schedule: sch.Schedule | None
+    sampler_defaults: dict[str, Any]
+    route: str
+    params: Any
+    chain: Callable[[Any], seg.ChainFn] | None
+    logits: Callable[[Any], Callable[[jax.Array, int], jax.Array]] | None
+
+    @property
+    def diffusion(self) -> bool:
+        return self.schedule is not None
+
+
+def _platform() -> str:
+    backend = jax.default_backend()
+    return {"gpu": "cuda"}.get(backend, backend)
+
+
+def _exported(root: Path, meta: dict) -> tuple:
+    functions = {}
+    for depth, name in meta["functions"].items():
+        try:
+            exp = jax.export.deserialize(bytearray((root / name).read_bytes()))
+        except Exception as e:  # a damaged artifact: say which file
+            raise InputError(root / name, f"cannot deserialize the exported sampler: {e}") from e
+        if _platform() not in exp.platforms:
+            raise InputError(
+                root / name,
+                f"exported for {', '.join(exp.platforms)}, this backend is {_platform()}",
+            )
+        functions[int(depth)] = exp
+    if meta["kind"] != "diffusion":
+
+        def logits(params):
+            return lambda image, depth: functions[depth].call(params, image)
+
+        return None, logits
+
+    def chain(params):
+        def run(image, x_t, key, ts, ts_next, eta, ancestral, depth: int):
+            return functions[depth].call(
+                params,
+                image,
+                x_t,
+                jax.random.key_data(key),
+                jnp.asarray(ts, jnp.int32),
+                jnp.asarray(ts_next, jnp.int32),
+                jnp.asarray(eta, jnp.float32),
+                jnp.asarray(ancestral, jnp.bool_),
+            )
+
+        return run
+
+    return chain, None
+
+
+def _local(meta: dict, config: dict, schedule, conv_impl: str) -> tuple:
+    from msseg.models.unet import MultiscaleUNet, UNetConfig  # noqa: PLC0415 (flax)
+
+    m = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
+    m.update(conv_impl=conv_impl, remat=False)
+    model = MultiscaleUNet(UNetConfig(num_classes=meta["model"]["num_classes"], **m))
+    if meta["kind"] != "diffusion":
+
+        def logits(params):
+            def run(image, depth: int):
+                return model.apply(params, image, entry_depth=depth)[0].astype(jnp.float32)
+
+            return run
+
+        return None, logits
+    d = meta["diffusion"]
+    target = sch.Target(d["target"])
+    return lambda params: seg.model_chain(model, params, schedule, target, d["clip_x0"]), None
+
+
+def _local_available() -> bool:
+    try:
+        import msseg.models.unet  # noqa: F401, PLC0415
+
+        return True
+    except ImportError:
+        return False
+
+
+def load_model(path: str | Path, route: str = "auto", conv_impl: str = "auto") -> LoadedModel:
+    """Checks (checksums, format, jax version) and loads the model directory at `path`."""
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    root = Path(path)
+    meta = fmt.verify(root)
+    if route == "auto":
+        route = "local" if _local_available() else "exported"
+    if route == "exported":
+        try:
+            fmt.check_jax_version(meta["versions"]["jax"], jax.__version__)
+        except InputError as e:
+            raise InputError(root, str(e)) from None
+        prng = str(jax.random.key_impl(jax.random.key(0)))
+        if meta.get("prng_impl") != prng:
+            raise InputError(root, f"exported with PRNG {meta.get('prng_impl')}, jax uses {prng}")
+    config = json.loads((root / fmt.CONFIG).read_text())
+    protocol = labels_lib.Protocol.from_json(json.loads((root / fmt.LABELS).read_text()))
+    params = jax.tree.map(jnp.asarray, fmt.load_params(root / fmt.PARAMS))
+    d = meta.get("diffusion")
+    schedule = sch.make_schedule(d["schedule"], d["num_timesteps"]) if d else None
+    if route == "exported":
+        chain, logits = _exported(root, meta)
+    else:
+        chain, logits = _local(meta, config, schedule, conv_impl)
+    pp = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()}
+    return LoadedModel(
+        path=root,
+        metadata=meta,
+        config=config,
+        protocol=protocol,
+        preprocess=PreprocessConfig(**pp),
+        patch=tuple(int(p) for p in meta["patch_size"]),
+        num_classes=int(meta["model"]["num_classes"]),
+        num_depths=int(meta["model"]["num_depths"]),
+        entry_depths=tuple(int(e) for e in meta["entry_depths"]),
+        schedule=schedule,
+        sampler_defaults=dict(meta["sampler"]),
+        route=route,
+        params=params,
+        chain=chain,
+        logits=logits,
+    )
+
+
+def sampler_config(model: LoadedModel, **overrides) -> seg.SamplerConfig:
+    """The model's default sampler settings with `overrides` (None values ignored)."""
+    cfg = dict(model.sampler_defaults)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return seg.SamplerConfig(**cfg)
+
+
+def check_depths(model: LoadedModel, cfg: seg.SamplerConfig, depth: int) -> None:
+    """Raises InputError unless the model was trained to enter at every depth the sampler
+    needs at entry depth `depth`."""
+    c = cfg.coarse_depth if model.diffusion and cfg.kind == "multiscale" else 0
+    missing = [d for d in range(depth, depth + c + 1) if d not in model.entry_depths]
+    if missing:
+        what = f"the {cfg.kind} sampler" if model.diffusion else "the segmenter"
+        raise InputError(
+            model.path,
+            f"{what} needs entry depths {missing}, this model was trained to enter at "
+            f"{list(model.entry_depths)}",
+        )
+
+
+def segment_batch(model: LoadedModel, cfg: seg.SamplerConfig, depth: int = 0):
+    """A jitted (params, images [B, X, Y, Z, C] at `depth`, key) → `seg.fuse` dict (probs
+    [B, .., K], labels, entropy, variance), compiled once per batch shape."""
+    check_depths(model, cfg, depth)
+    if model.diffusion:
+
+        def run(params, images, key):
+            masks = seg.ensemble_masks(
+                model.chain(params),
+                images,
+                key,
+                model.schedule,
+                cfg,
+                model.num_classes,
+                model.num_depths,
+                depth,
+            )
+            return seg.fuse(masks, cfg.fusion)
+
+    else:
+
+        def run(params, images, key):
+            del key
+            probs = jax.nn.softmax(model.logits(params)(images, depth), axis=-1)
+            entropy = -(probs * jnp.log(jnp.maximum(probs, 1e-12))).sum(-1)
+            return {
+                "labels": jnp.argmax(probs, -1).astype(jnp.int32),
+                "probs": probs,
+                "entropy": entropy,
+                "variance": jnp.zeros_like(entropy),
+            }
+
+    return jax.jit(run)
+
+
+def as_numpy(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> LoadedModel:
+    """A model of a training config (a ConfigDict's `to_dict()`) with random params, on the
+    local route: for benchmarks before any training."""
+    from msseg.models.unet import MultiscaleUNet, UNetConfig  # noqa: PLC0415 (flax)
+
+    protocol = labels_lib.get_protocol(config["data"]["protocol"] or "mni-tissue")
+    m = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
+    m.update(conv_impl=conv_impl, remat=False)
+    ucfg = UNetConfig(num_classes=protocol.num_leaves, **m)
+    d = config["diffusion"]
+    patch = tuple(config["data"]["pipeline"]["patch_size"])
+    meta = {
+        "kind": "diffusion" if ucfg.diffusion else "deterministic",
+        "model": {"num_classes": ucfg.num_classes},
+        "diffusion": {"target": d["target"], "clip_x0": config["sampler"]["clip_x0"]},
+    }
+    schedule = sch.make_schedule(d["schedule"], d["num_timesteps"]) if ucfg.diffusion else None
+    chain, logits = _local(meta, config, schedule, conv_impl)
+    x = jnp.zeros((1, *patch, ucfg.in_channels))
+    t = jnp.zeros((1,), jnp.int32) if ucfg.diffusion else None
+    params = jax.jit(MultiscaleUNet(ucfg).init)(jax.random.key(seed), x, t)
+    spacing = tuple(float(s) for s in config["data"]["spacing"])
+    return LoadedModel(
+        path=Path("<random params>"),
+        metadata=meta,
+        config=config,
+        protocol=protocol,
+        preprocess=PreprocessConfig(spacing=spacing),
+        patch=patch,
+        num_classes=ucfg.num_classes,
+        num_depths=ucfg.num_depths,
+        entry_depths=tuple(sorted({0, *config["train"]["entry_depths"]})),
+        schedule=schedule,
+        sampler_defaults=dict(config["sampler"]),
+        route="local",
+        params=params,
+        chain=chain,
+        logits=logits,
+    )
