@@ -87,9 +87,9 @@ def _model_mode():
     from msseg.inference import model as model_lib  # noqa: PLC0415
 
     try:
-        model = model_lib.load_model(FLAGS.model, route=FLAGS.route)
-        cfg = model_lib.sampler_config(
-            model,
+        model, cfg = model_lib.open_model(
+            FLAGS.model,
+            FLAGS.route,
             kind=FLAGS.sampler,
             steps=FLAGS.steps,
             ensemble=FLAGS.ensemble,

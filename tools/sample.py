@@ -52,9 +52,9 @@ def main(argv):
     from msseg.inference import predict  # noqa: PLC0415
 
     try:
-        model = model_lib.load_model(FLAGS.model, route=FLAGS.route)
-        cfg = model_lib.sampler_config(
-            model,
+        model, cfg = model_lib.open_model(
+            FLAGS.model,
+            FLAGS.route,
             kind=FLAGS.sampler,
             steps=FLAGS.steps,
             ensemble=FLAGS.ensemble,

@@ -278,3 +278,11 @@ def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> Load
         chain=chain,
         logits=logits,
     )
+
+
+def open_model(
+    path: str | Path, route: str = "auto", **sampler
+) -> tuple[LoadedModel, seg.SamplerConfig]:
+    """`load_model` plus its `sampler_config` with the given overrides (the tools' entry)."""
+    model = load_model(path, route=route)
+    return model, sampler_config(model, **sampler)
