@@ -155,7 +155,7 @@ def test_a_failed_export_keeps_the_previous_model(tmp_path):
     [
         ("ddim", {"eta": 0.0}),
         ("ddim", {"eta": 0.5, "ensemble": 2}),
-        ("ddpm", {}),
+        pytest.param("ddpm", {}, marks=pytest.mark.slow),  # 100 steps
         ("multiscale", {"coarse_steps": 2, "refine_steps": 2}),
     ],
 )
@@ -343,6 +343,7 @@ def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exp
     assert list((report2 / "samples" / "depth0").glob("*_seg.nii.gz"))
 
 
+@pytest.mark.slow
 def test_benchmark_reports_sampling_throughput_with_a_baseline(exported, tmp_path):
     _, model_dir, _ = exported
     out = tmp_path / "bench.json"
