@@ -314,7 +314,7 @@ def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exp
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((report / "summary.json").read_text())
-    assert summary  # scored
+    assert summary["num_cases"] == 1 and summary["hd95_mode"] == "pooled"
     rows = (report / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("case,level,label_id") and len(rows) > 1
     assert all(r.startswith("case,") for r in rows[1:])

@@ -164,23 +164,6 @@ def chain_masks(
     return x0[:, : spatial[0], : spatial[1], : spatial[2]]
 
 
-def sample_masks(
-    model: MultiscaleUNet,
-    params,
-    image: jax.Array,
-    key: jax.Array,
-    s: sch.Schedule,
-    cfg: SamplerConfig,
-    target: sch.Target,
-    entry_depth: int = 0,
-) -> jax.Array:
-    """`chain_masks` with the chain of `model` and `params`."""
-    chain = model_chain(model, params, s, target, cfg.clip_x0)
-    return chain_masks(
-        chain, image, key, s, cfg, model.cfg.num_classes, model.cfg.num_depths, entry_depth
-    )
-
-
 def fuse(masks: jax.Array, fusion: str) -> dict[str, jax.Array]:
     """[N, B, X, Y, Z, K] sampled masks → fused labels, probabilities, entropy and variance.
 
@@ -244,7 +227,12 @@ def segment_deterministic(
     model: MultiscaleUNet, params, image: jax.Array, entry_depth: int = 0
 ) -> dict[str, jax.Array]:
     """The deterministic segmenter's output in `segment`'s format (variance is zero)."""
-    logits = model.apply(params, image, entry_depth=entry_depth)[0]
+    return from_logits(model.apply(params, image, entry_depth=entry_depth)[0])
+
+
+def from_logits(logits: jax.Array) -> dict[str, jax.Array]:
+    """[B, X, Y, Z, K] logits → `segment`'s format: softmax probabilities, argmax labels,
+    their entropy, zero variance."""
     probs = jax.nn.softmax(logits, axis=-1)
     entropy = -(probs * jnp.log(jnp.maximum(probs, 1e-12))).sum(axis=-1)
     labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)

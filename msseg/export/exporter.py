@@ -150,7 +150,7 @@ def metadata(config, setup, cfg, manifest, step, workdir, depths, platforms) -> 
     import flax  # noqa: PLC0415
     import jaxlib  # noqa: PLC0415
 
-    d = setup
+    pipe, schedule, loss, sampler = setup.pipeline, setup.schedule, setup.loss, setup.sampler
     return {
         "format": fmt.FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -175,15 +175,15 @@ def metadata(config, setup, cfg, manifest, step, workdir, depths, platforms) -> 
             "dtype": cfg.dtype,
             "conv_dtype": cfg.conv_dtype,
         },
-        "patch_size": list(d.pipeline.patch_size),
+        "patch_size": list(pipe.patch_size),
         "preprocess": manifest["config"],
         "diffusion": None
-        if d.schedule is None
+        if schedule is None
         else {
             "schedule": config.diffusion.schedule,
-            "num_timesteps": d.schedule.num_timesteps,
-            "target": d.loss.target.value,
-            "clip_x0": d.sampler.clip_x0,
+            "num_timesteps": schedule.num_timesteps,
+            "target": loss.target.value,
+            "clip_x0": sampler.clip_x0,
         },
-        "sampler": dataclasses.asdict(d.sampler),
+        "sampler": dataclasses.asdict(sampler),
     }

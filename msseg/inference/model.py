@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from msseg import labels as labels_lib
 from msseg.data.preprocess import PreprocessConfig
@@ -105,12 +104,21 @@ def _exported(root: Path, meta: dict) -> tuple:
     return chain, None
 
 
-def _local(meta: dict, config: dict, schedule, conv_impl: str) -> tuple:
-    from msseg.models.unet import MultiscaleUNet, UNetConfig  # noqa: PLC0415 (flax)
+def _tuples(d: dict) -> dict:
+    """JSON lists back to the tuples the frozen config dataclasses hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
-    m = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
-    m.update(conv_impl=conv_impl, remat=False)
-    model = MultiscaleUNet(UNetConfig(num_classes=meta["model"]["num_classes"], **m))
+
+def _unet(config: dict, num_classes: int, conv_impl: str):
+    """The flax model of a training config's `model` section (imports flax)."""
+    from msseg.models.unet import MultiscaleUNet, UNetConfig  # noqa: PLC0415
+
+    m = {**_tuples(config["model"]), "conv_impl": conv_impl, "remat": False}
+    return MultiscaleUNet(UNetConfig(num_classes=num_classes, **m))
+
+
+def _local(meta: dict, config: dict, schedule, conv_impl: str) -> tuple:
+    model = _unet(config, meta["model"]["num_classes"], conv_impl)
     if meta["kind"] != "diffusion":
 
         def logits(params):
@@ -159,7 +167,7 @@ def load_model(path: str | Path, route: str = "auto", conv_impl: str = "auto") -
         chain, logits = _exported(root, meta)
     else:
         chain, logits = _local(meta, config, schedule, conv_impl)
-    pp = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()}
+    pp = _tuples(meta["preprocess"])
     return LoadedModel(
         path=root,
         metadata=meta,
@@ -223,31 +231,17 @@ def segment_batch(model: LoadedModel, cfg: seg.SamplerConfig, depth: int = 0):
 
         def run(params, images, key):
             del key
-            probs = jax.nn.softmax(model.logits(params)(images, depth), axis=-1)
-            entropy = -(probs * jnp.log(jnp.maximum(probs, 1e-12))).sum(-1)
-            return {
-                "labels": jnp.argmax(probs, -1).astype(jnp.int32),
-                "probs": probs,
-                "entropy": entropy,
-                "variance": jnp.zeros_like(entropy),
-            }
+            return seg.from_logits(model.logits(params)(images, depth))
 
     return jax.jit(run)
-
-
-def as_numpy(tree):
-    return jax.tree.map(np.asarray, tree)
 
 
 def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> LoadedModel:
     """A model of a training config (a ConfigDict's `to_dict()`) with random params, on the
     local route: for benchmarks before any training."""
-    from msseg.models.unet import MultiscaleUNet, UNetConfig  # noqa: PLC0415 (flax)
-
     protocol = labels_lib.get_protocol(config["data"]["protocol"] or "mni-tissue")
-    m = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model"].items()}
-    m.update(conv_impl=conv_impl, remat=False)
-    ucfg = UNetConfig(num_classes=protocol.num_leaves, **m)
+    model = _unet(config, protocol.num_leaves, conv_impl)
+    ucfg = model.cfg
     d = config["diffusion"]
     patch = tuple(config["data"]["pipeline"]["patch_size"])
     meta = {
@@ -259,7 +253,7 @@ def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> Load
     chain, logits = _local(meta, config, schedule, conv_impl)
     x = jnp.zeros((1, *patch, ucfg.in_channels))
     t = jnp.zeros((1,), jnp.int32) if ucfg.diffusion else None
-    params = jax.jit(MultiscaleUNet(ucfg).init)(jax.random.key(seed), x, t)
+    params = jax.jit(model.init)(jax.random.key(seed), x, t)
     spacing = tuple(float(s) for s in config["data"]["spacing"])
     return LoadedModel(
         path=Path("<random params>"),

@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from msseg import io
+from msseg.data import datasets
 from msseg.data.preprocess import prepare_image
 from msseg.diffusion import samplers
 from msseg.diffusion import segment as seg
@@ -58,11 +59,8 @@ class Result:
 
 
 def output_name(path: str | os.PathLike) -> str:
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii", ".mgz"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
+    """The name outputs are written under: the file name without its NIfTI/MGZ suffix."""
+    return datasets.case_id_of(path)
 
 
 def file_key(key: jax.Array, name: str) -> jax.Array:
@@ -230,9 +228,10 @@ def find_inputs(spec: str) -> list[Path]:
     """A file, a folder (its .nii/.nii.gz/.mgz files, not sample.py's own outputs) or a glob
     → sorted input paths; two inputs that would write the same outputs are an error."""
     path = Path(spec)
-    exts = (".nii", ".nii.gz", ".mgz")
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.is_file() and p.name.endswith(exts)]
+        files = [
+            p for p in path.iterdir() if p.is_file() and p.name.endswith(datasets.NIFTI_SUFFIXES)
+        ]
         files = [p for p in files if not output_name(p).endswith(OUTPUT_SUFFIXES)]
     elif path.exists():
         files = [path]
