@@ -161,6 +161,22 @@ class Protocol:
             for d in range(deepest + 1)
         ]
 
+    def relations(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(inside, outside)``: ``[num_ids, 256]`` bool tables indexed ``[label, voxel id]``.
+
+        A voxel labelled with id v is *inside* label u when all of v's leaves belong to u, and
+        *outside* when none does; otherwise (a partial label straddling u, or IGNORE and unused
+        ids) it says nothing about u. Losses, validation and evaluation score u over the
+        voxels inside or outside it.
+        """
+        rows = self.membership()  # [num_ids, K]
+        leaves_of = np.zeros((256, self.num_leaves), bool)
+        leaves_of[: self.num_ids] = rows
+        known = leaves_of.any(1)
+        inside = ~(leaves_of[None] & ~rows[:, None]).any(2) & known[None]
+        outside = ~(leaves_of[None] & rows[:, None]).any(2) & known[None]
+        return inside, outside
+
     def parent(self) -> np.ndarray:
         """``[num_ids]`` int: parent id in the tree; -1 for children of the root and named sets."""
         return np.array(self.parents + (-1,) * len(self.sets), np.int64)
@@ -190,11 +206,18 @@ class Protocol:
         """``[num_ids, 3]`` uint8 RGB colour per id."""
         return np.array(self.rgb, np.uint8).reshape(self.num_ids, 3)
 
-    def encode(self, raw: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
+    def encode(
+        self,
+        raw: np.ndarray,
+        path: str | os.PathLike | None = None,
+        codes: Mapping[int, int] | None = None,
+    ) -> np.ndarray:
         """Raw label values (any shape, ints or integral floats) -> uint8 ids, same shape.
 
-        Aliases map to their target id (or IGNORE). Values outside the protocol raise
-        ``InputError(path, ...)`` listing (up to 10 of) them.
+        Aliases map to their target id (or IGNORE). ``codes`` (raw value -> id or IGNORE)
+        replaces the protocol's own raw codes and aliases: a dataset that writes its own
+        values (e.g. 1/2/3 for CSF/GM/WM without sides) declares them this way. Values outside
+        the table raise ``InputError(path, ...)`` listing (up to 10 of) them.
         """
         raw = np.asarray(raw)
         if raw.dtype.kind == "f":
@@ -203,7 +226,13 @@ class Protocol:
             raw = raw.astype(np.int64)
         elif raw.dtype.kind not in "iub":
             raise InputError(path, f"label array has dtype {raw.dtype}, expected integers")
-        table = dict(zip(self.codes, range(self.num_ids), strict=True)) | dict(self.aliases)
+        if codes is None:
+            table = dict(zip(self.codes, range(self.num_ids), strict=True)) | dict(self.aliases)
+        else:
+            table = {int(c): int(i) for c, i in codes.items()}
+            bad = [i for i in table.values() if not (0 <= i < self.num_ids or i == IGNORE)]
+            if bad:
+                raise ValueError(f"codes map to ids not in protocol {self.name!r}: {bad[:10]}")
         keys = np.array(sorted(table), np.int64)
         ids = np.array([table[c] for c in keys.tolist()], np.uint8)
         pos = np.clip(np.searchsorted(keys, raw), 0, len(keys) - 1)

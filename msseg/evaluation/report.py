@@ -80,13 +80,7 @@ def label_tables(protocol: labels_lib.Protocol) -> tuple[np.ndarray, np.ndarray,
     leaves belong to the label, outside when none does, and excluded (reference only)
     when some do (a partial label straddling the label) or the id is IGNORE.
     """
-    rows = protocol.membership()  # [num_ids, K]
-    leaves_of = np.zeros((256, protocol.num_leaves), bool)
-    leaves_of[: protocol.num_ids] = rows
-    known = leaves_of.any(1)
-    inside = ~(leaves_of[None] & ~rows[:, None]).any(2) & known[None]  # [num_ids, 256]
-    touches = (leaves_of[None] & rows[:, None]).any(2)
-    outside = ~touches & known[None]
+    inside, outside = protocol.relations()
     excluded = ~inside & ~outside
     return inside, outside, excluded
 
