@@ -13,6 +13,7 @@ import pytest
 
 from msseg.data import datasets
 from msseg.errors import InputError
+from msseg.labels import IGNORE, get_protocol
 
 SHAPE = (6, 5, 4)
 
@@ -147,7 +148,8 @@ def test_protocol_override_and_declared_protocol(tmp_path):
     assert over.name == "mni-tissue"
     assert over.leaves[0] == "Background" and over.num_leaves == 7
 
-    declared = _msd(tmp_path / "e", ["a"], protocol="mni-tissue")
+    labels = {"0": "Background", "1": "Left-CSF"}  # with a protocol: names in it
+    declared = _msd(tmp_path / "e", ["a"], protocol="mni-tissue", labels=labels)
     assert datasets.resolve(declared).protocol.name == "mni-tissue"
     # The override wins over the declared protocol as well.
     assert datasets.resolve(declared, protocol="aseg").protocol.name == "aseg"
@@ -420,3 +422,125 @@ def test_duplicate_case_id(tmp_path):
     _json(root2 / "dataset.json", meta)
     with pytest.raises(InputError, match="duplicate case id 'a'"):
         datasets.resolve(root2)
+
+
+# --------------------------------------------------------------------------- declared labels
+
+
+def _labelled(root: Path, labels, ids=("a",), name=None, protocol="mni-tissue") -> Path:
+    """An MSD folder whose dataset.json declares `protocol` and the `labels` mapping."""
+    extra = {"protocol": protocol} if protocol else {}
+    root = _msd(root, list(ids), **extra)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = labels
+    if name is not None:
+        meta["name"] = name
+    _json(root / "dataset.json", meta)
+    return root
+
+
+def test_coarse_mapping_declares_tree_nodes(tmp_path):
+    mni = get_protocol("mni-tissue")
+    labels = {"0": "Background", "1": "CSF", "2": "GM", "3": "WM", "4": None, "5": "ignore"}
+    ds = datasets.resolve(_labelled(tmp_path / "d", labels, ids=("a", "b")))
+    assert ds.protocol == mni
+    want = (
+        (0, 0),
+        (1, mni.id_of("CSF")),
+        (2, mni.id_of("GM")),
+        (3, mni.id_of("WM")),
+        (4, IGNORE),
+        (5, IGNORE),
+    )
+    assert all(c.codes == want and c.dataset == "Toy" for c in ds.cases)
+    raw = np.arange(6).reshape(1, 2, 3)
+    ids = mni.encode(raw, codes=dict(ds.cases[0].codes))
+    assert ids.ravel().tolist() == [0, 8, 9, 10, 255, 255]
+    assert datasets.declared_ids(mni, ds.cases[0].codes) == (0, 8, 9, 10)
+    assert datasets.declared_ids(mni, None) == tuple(range(mni.num_ids))
+
+
+def test_mapping_names_ignore_case_spaces_and_may_be_nnunet_v2(tmp_path):
+    mni = get_protocol("mni-tissue")
+    msd = {"0": "BACKGROUND", "2": "left hemisphere", "3": "right_gm", "9": "unknown"}
+    nnunet = {"BACKGROUND": 0, "left hemisphere": 2, "right_gm": 3, "unknown": 9}
+    want = ((0, 0), (2, mni.id_of("Left-Hemisphere")), (3, mni.id_of("Right-GM")), (9, IGNORE))
+    for i, labels in enumerate((msd, nnunet)):
+        ds = datasets.resolve(_labelled(tmp_path / str(i), labels))
+        assert ds.cases[0].codes == want
+
+
+def test_embedded_style_mapping_gives_the_leaf_ids(tmp_path):
+    from msseg.data import mni152
+
+    labels = {str(k): v for k, v in mni152.LABEL_NAMES.items()}  # "left CSF", ...
+    ds = datasets.resolve(_labelled(tmp_path / "d", labels))
+    mni = get_protocol("mni-tissue")
+    assert ds.cases[0].codes == tuple((i, i) for i in range(7))
+    assert [mni.id_names()[i] for _, i in ds.cases[0].codes] == list(mni.leaves)
+    raw = np.arange(7)
+    np.testing.assert_array_equal(mni.encode(raw, codes=dict(ds.cases[0].codes)), mni.encode(raw))
+
+
+def test_unknown_label_name_is_an_error(tmp_path):
+    root = _labelled(tmp_path / "d", {"0": "Background", "1": "Grey-Matter"})
+    with pytest.raises(InputError, match="'Grey-Matter'") as e:
+        datasets.resolve(root)
+    assert e.value.path == str(root / "dataset.json")
+    assert "Left-CSF" in str(e.value)  # lists the known names
+    # "unknown" is a name in aseg (its background), so there it is no IGNORE.
+    aseg = datasets.resolve(_labelled(tmp_path / "e", {"0": "Unknown"}, protocol="aseg"))
+    assert aseg.cases[0].codes == ((0, 0),)
+
+
+def test_mapping_without_protocol_or_outside_an_override(tmp_path):
+    # No "protocol": the mapping is a flat protocol of its own, no code table (as before).
+    flat = datasets.resolve(_labelled(tmp_path / "d", {"0": "bg", "1": "CSF"}, protocol=None))
+    assert flat.protocol.leaves == ("bg", "CSF")
+    assert all(c.codes is None for c in flat.cases)
+    # --protocol with a mapping naming things outside it: the protocol's raw codes.
+    over = datasets.resolve(tmp_path / "d", protocol="mni-tissue")
+    assert over.protocol.name == "mni-tissue" and all(c.codes is None for c in over.cases)
+    # ... and with a mapping inside it, the mapping holds.
+    inside = _labelled(tmp_path / "e", {"0": "Background", "1": "GM"}, protocol=None)
+    assert datasets.resolve(inside, protocol="mni-tissue").cases[0].codes == ((0, 0), (1, 9))
+    # No mapping: the protocol's raw codes.
+    plain = _nnunet(tmp_path / "f", ["s1"], meta={"protocol": "mni-tissue"})
+    assert datasets.resolve(plain).cases[0].codes is None
+
+
+def test_several_specs_make_one_dataset(tmp_path):
+    full = _labelled(tmp_path / "full", {"0": "background", "1": "left GM"}, ids=("f1", "f2"))
+    coarse = _labelled(tmp_path / "coarse", {"0": "Background", "1": "GM"}, ("c1",), "Coarse")
+    ds = datasets.resolve(f"{full},{coarse}", val_fraction=0.0)
+    assert ds.name == "Toy,Coarse" and ds.root == f"{full},{coarse}"
+    assert ds.protocol.name == "mni-tissue"
+    assert [(c.case_id, c.dataset, c.split) for c in ds.cases] == [
+        ("f1", "Toy", "train"),
+        ("f2", "Toy", "train"),
+        ("c1", "Coarse", "train"),
+    ]
+    assert [c.codes[1] for c in ds.cases] == [(1, 2), (1, 2), (1, 9)]
+    # Each dataset keeps its own split rules: a validation list stays as given.
+    val = _msd(tmp_path / "val", ["t1"], validation=["v1"], protocol="mni-tissue", labels=None)
+    both = datasets.resolve(f"{full},{val}", val_fraction=0.0)
+    assert {c.case_id: c.split for c in both.cases}["v1"] == "val"
+    # One SPEC with a comma in an existing folder name stays one SPEC.
+    odd = _labelled(tmp_path / "a,b", {"0": "Background"}, ids=("o1",))
+    assert datasets.resolve(odd).root == str(odd)
+
+
+def test_several_specs_need_unique_case_ids_and_one_protocol(tmp_path):
+    one = _labelled(tmp_path / "one", {"0": "Background"}, ids=("x", "y"))
+    two = _labelled(tmp_path / "two", {"0": "Background", "1": "WM"}, ids=("z", "x"))
+    with pytest.raises(InputError, match="case id 'x'") as e:
+        datasets.resolve(f"{one},{two}")
+    assert e.value.path == str(two) and str(one) in str(e.value)
+
+    flat = _msd(tmp_path / "flat", ["q"])  # a flat protocol "Toy" of its own
+    with pytest.raises(InputError, match="protocol") as e:
+        datasets.resolve(f"{one},{flat}")
+    assert e.value.path == str(flat) and str(one) in str(e.value)
+    # --protocol applies to every SPEC: then they agree.
+    ds = datasets.resolve(f"{one},{flat}", protocol="mni-tissue")
+    assert [c.codes for c in ds.cases] == [((0, 0),), ((0, 0),), None]

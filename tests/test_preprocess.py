@@ -16,6 +16,7 @@ import pytest
 from msseg import io
 from msseg.data import datasets, preprocess
 from msseg.errors import InputError
+from msseg.labels import IGNORE, get_protocol
 
 REPO = Path(__file__).resolve().parents[1]
 FOV_MM = np.array([40.0, 44.0, 36.0])
@@ -226,6 +227,8 @@ def test_manifest_records(done):
         assert rec["sources"]["image"]["path"] == str(
             (Path(dataset.root) / "imagesTr" / f"{name}.nii.gz").resolve()
         )
+        assert rec["dataset"] == "Toy"
+        assert rec["declared_ids"] == [0, 1, 2]  # a flat protocol: every id
 
 
 def test_labels_are_protocol_ids_and_fg_indices_point_at_them(done):
@@ -385,6 +388,105 @@ def test_rerun_skips_current_cases_and_redoes_changed_ones(tmp_path):
     fourth = preprocess.preprocess_dataset(dataset, out, cfg, workers=1)
     assert all(t != old for t in _npy_mtimes(out).values())
     assert fourth["config"]["margin_mm"] == 6.0
+
+
+# --------------------------------------------------------------------------- label sets
+
+MNI = get_protocol("mni-tissue")
+FULL = {"0": "background", "3": "left WM", "7": "left GM"}  # names as the embedded set writes
+COARSE = {"0": "Background", "3": "WM", "7": "GM"}  # tissue without sides: tree nodes
+_SOURCE = {"f_ras": "ras", "f_las": "las", "c_aniso": "lps_aniso"}  # case id -> CASES entry
+
+
+def _tissue(root: Path, name: str, labels: dict, cases: dict[str, str]) -> Path:
+    """A dataset labelling the spheres with mni-tissue names; `cases`: id -> CASES entry."""
+    entries = [
+        _write_case(root, cid, *CASES[c], seed=i) for i, (cid, c) in enumerate(cases.items())
+    ]
+    meta = {"name": name, "protocol": "mni-tissue", "labels": labels, "training": entries}
+    (root / "dataset.json").write_text(json.dumps({**meta, "validation": []}, indent=1))
+    return root
+
+
+def _two(tmp_path: Path) -> str:
+    """A full-label and a coarse-label dataset as one comma-separated SPEC."""
+    full = _tissue(tmp_path / "full", "Full", FULL, {k: _SOURCE[k] for k in ("f_ras", "f_las")})
+    coarse = _tissue(tmp_path / "coarse", "Coarse", COARSE, {"c_aniso": _SOURCE["c_aniso"]})
+    return f"{full},{coarse}"
+
+
+def _run(spec: str, out: Path) -> dict:
+    return preprocess.run(spec, out, spacing=(2.0, 2.0, 2.0), workers=1, margin_mm=4.0)
+
+
+def test_datasets_with_different_label_sets_share_one_cache(tmp_path):
+    spec = _two(tmp_path)
+    out = tmp_path / "out"
+    manifest = _run(spec, out)
+    assert manifest["dataset"] == "Full,Coarse" and manifest["root"] == spec
+    assert manifest["protocol"] == MNI.to_json()
+    assert list(manifest["cases"]) == ["f_ras", "f_las", "c_aniso"]
+    inner = {"Full": MNI.id_of("Left-GM"), "Coarse": MNI.id_of("GM")}  # raw 7
+    outer = {"Full": MNI.id_of("Left-WM"), "Coarse": MNI.id_of("WM")}  # raw 3
+    for cid, rec in manifest["cases"].items():
+        name = rec["dataset"]
+        assert name == ("Coarse" if cid.startswith("c_") else "Full")
+        assert rec["declared_ids"] == sorted({0, inner[name], outer[name]})
+        label = np.load(out / rec["files"]["label"])
+        assert set(np.unique(label).tolist()) == {0, inner[name], outer[name]}
+        fg = np.load(out / rec["files"]["fg"])
+        assert sorted(set(fg[:, 0].tolist())) == sorted({inner[name], outer[name]})
+        # The inner sphere (raw 7) keeps its id at the sphere's centre.
+        centre = np.linalg.solve(np.array(rec["affine"]), [*CASES[_SOURCE[cid]][2], 1.0])[:3]
+        assert label[tuple(np.round(centre).astype(int))] == inner[name]
+    text = preprocess.summarize(manifest)
+    assert "dataset Full,Coarse (3 cases" in text
+    assert "from Full: 2 cases" in text and "from Coarse: 1 cases" in text
+    # The default spacing is the median over every dataset's labelled images.
+    both = datasets.resolve(spec)
+    assert preprocess.median_spacing(both) == (1.0, 1.0, 1.0)
+
+
+def test_datasets_trained_together_need_unique_ids_and_one_protocol(tmp_path):
+    full = _tissue(tmp_path / "full", "Full", FULL, {"x": "ras"})
+    coarse = _tissue(tmp_path / "coarse", "Coarse", COARSE, {"x": "las"})
+    with pytest.raises(InputError, match="case id 'x'") as e:
+        _run(f"{full},{coarse}", tmp_path / "out")
+    assert e.value.path == str(coarse) and str(full) in str(e.value)
+    flat = _dataset(tmp_path / "flat")  # labels of its own: a flat protocol "Toy"
+    with pytest.raises(InputError, match="'Toy' differs from protocol 'mni-tissue'") as e:
+        _run(f"{full},{flat}", tmp_path / "out")
+    assert e.value.path == str(flat) and str(full) in str(e.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_changed_mapping_re_encodes_that_datasets_cases(tmp_path):
+    spec = _two(tmp_path)
+    out = tmp_path / "out"
+    first = _run(spec, out)
+    old = 1_000_000_000_000_000_000
+    for p in (out / "cases").glob("*.npy"):
+        os.utime(p, ns=(old, old))
+    assert _run(spec, out) == first  # unchanged: nothing redone
+    assert all(t == old for t in _npy_mtimes(out).values())
+
+    meta_path = Path(spec.split(",")[1]) / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    meta["labels"]["7"] = None  # the inner sphere is no longer taught
+    meta_path.write_text(json.dumps(meta))
+    second = _run(spec, out)
+    now = _npy_mtimes(out)
+    assert {k for k, t in now.items() if t != old} == {
+        f"c_aniso.{k}.npy" for k in ("image", "label", "fg")
+    }
+    rec = second["cases"]["c_aniso"]
+    assert rec["declared_ids"] == [0, MNI.id_of("WM")]
+    label = np.load(out / rec["files"]["label"])
+    assert set(np.unique(label).tolist()) == {0, MNI.id_of("WM"), IGNORE}
+    assert rec["key"] != first["cases"]["c_aniso"]["key"]
+    assert {k: second["cases"][k] for k in ("f_ras", "f_las")} == {
+        k: first["cases"][k] for k in ("f_ras", "f_las")
+    }
 
 
 # --------------------------------------------------------------------------- bad input

@@ -1,4 +1,4 @@
-"""Preprocess a dataset SPEC (folder or `mni152`) into a cache of arrays for training."""
+"""Preprocess dataset SPECs (folders or `mni152`, comma-separated) into one cache for training."""
 
 from absl import app, flags
 
@@ -7,14 +7,17 @@ from msseg.errors import InputError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
-    "data", None, "Dataset SPEC: a folder (dataset.json or imagesTr/labelsTr) or 'mni152'."
+    "data",
+    None,
+    "Dataset SPEC: a folder (dataset.json or imagesTr/labelsTr) or 'mni152'; several SPECs "
+    "joined by commas go into one cache (same protocol, unique case ids).",
 )
 flags.DEFINE_string("output", None, "Cache folder to write (arrays + manifest.json).")
 flags.DEFINE_list(
     "spacing",
     None,
     "Target spacing in mm: one value or three (x,y,z). "
-    "Default: 2 mm for mni152, else the dataset's median spacing.",
+    "Default: 2 mm for mni152, else the median spacing of the datasets' labelled images.",
 )
 flags.DEFINE_string(
     "protocol", None, "Label protocol (mni-tissue, aseg); default: from dataset.json."

@@ -1,9 +1,24 @@
 """Find the cases of a dataset SPEC: an MSD-style dataset.json, nnU-Net-style folders, or `mni152`.
 
 A SPEC resolves to a `Dataset`: its root, label protocol and cases, each case with an id,
-an image path, a label path (or None for unlabelled test images) and a split
-(train / val / test). Where the dataset gives no validation split, training cases go to
-`val` by a hash of their case id, so the split is stable when cases are added or reordered.
+an image path, a label path (or None for unlabelled test images), a split
+(train / val / test) and the table that turns its raw label values into protocol ids.
+Where the dataset gives no validation split, training cases go to `val` by a hash of their
+case id, so the split is stable when cases are added or reordered.
+
+What a dataset labels (dataset.json): with ``"protocol": NAME`` and a ``"labels"`` mapping,
+the mapping declares the dataset's own raw values by protocol names -- any leaf, tree node
+or named set, matched ignoring case and treating spaces, ``_`` and ``-`` alike -- so a
+dataset may label coarser than the protocol's leaves::
+
+    {"protocol": "mni-tissue", "labels": {"0": "Background", "1": "CSF", "2": "GM", "3": "WM"}}
+
+``null`` (or ``"ignore"`` / ``"unknown"``, where the protocol has no such name) marks a
+value that is not taught (IGNORE). MSD ``{"value": "name"}`` and nnU-Net v2
+``{"name": value}`` orientations both work. Without a mapping the protocol's own raw codes
+apply; without a protocol the mapping itself defines a flat protocol.
+
+Several SPECs joined by commas resolve to one `Dataset` (same protocol, unique case ids).
 """
 
 from __future__ import annotations
@@ -21,16 +36,27 @@ from msseg.errors import InputError
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mgz")
 
 
+Codes = tuple[tuple[int, int], ...]  # sorted (raw value, protocol id or IGNORE) pairs
+
+IGNORE_NAMES = ("ignore", "unknown")  # label names meaning IGNORE unless the protocol has them
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
+    """One scan. ``codes``: the dataset's raw value -> id table (None: the protocol's codes)."""
+
     case_id: str
     image: str
     label: str | None
     split: str  # "train" | "val" | "test"
+    codes: Codes | None = None
+    dataset: str = ""  # name of the dataset the case comes from
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """Cases and their protocol; several SPECs: names and roots joined by commas."""
+
     name: str
     root: str
     protocol: labels_lib.Protocol
@@ -46,6 +72,24 @@ def hash_split(case_id: str, val_fraction: float) -> str:
     return "val" if u < val_fraction else "train"
 
 
+def declared_ids(protocol: labels_lib.Protocol, codes: Codes | None) -> tuple[int, ...]:
+    """The ids a dataset's labels can hold (sorted, IGNORE left out); all ids without codes."""
+    if codes is None:
+        return tuple(range(protocol.num_ids))
+    return tuple(sorted({i for _, i in codes} - {labels_lib.IGNORE}))
+
+
+def split_spec(spec: str | os.PathLike) -> list[str]:
+    """The SPECs in `spec`: comma-separated, unless the whole string is an existing path."""
+    text = os.fspath(spec)
+    if "," not in text or Path(text).expanduser().exists():
+        return [text]
+    specs = [p.strip() for p in text.split(",") if p.strip()]
+    if not specs:
+        raise InputError(text, "no dataset SPEC given")
+    return specs
+
+
 def resolve(
     spec: str | os.PathLike,
     *,
@@ -53,11 +97,49 @@ def resolve(
     val_fraction: float = 0.2,
     cache: str | os.PathLike | None = None,
 ) -> Dataset:
-    """The dataset named by SPEC (a folder, or `mni152` for the embedded set).
+    """The dataset named by SPEC (a folder, `mni152` for the embedded set, or several of these
+    joined by commas).
 
-    protocol: a protocol name from msseg.labels, overriding what the dataset declares.
+    Several SPECs make one `Dataset`: each keeps its own splits and label table; they must
+    share one protocol, and a case id found in two of them is an error (no renaming).
+    protocol: a protocol name from msseg.labels, overriding what the datasets declare.
     cache: where the embedded set is built (default: $MSSEG_CACHE or ~/.cache/msseg).
     """
+    specs = split_spec(spec)
+    if len(specs) == 1:
+        return _resolve_one(specs[0], protocol, val_fraction, cache)
+    return _combine([_resolve_one(s, protocol, val_fraction, cache) for s in specs])
+
+
+def _combine(parts: list[Dataset]) -> Dataset:
+    first, owner = parts[0], {}
+    for ds in parts:
+        if ds.protocol.to_json() != first.protocol.to_json():
+            raise InputError(
+                ds.root,
+                f"label protocol {ds.protocol.name!r} differs from protocol "
+                f"{first.protocol.name!r} of dataset {first.root}; datasets trained together "
+                "must share one protocol",
+            )
+        for case in ds.cases:
+            if case.case_id in owner:
+                raise InputError(
+                    ds.root,
+                    f"case id {case.case_id!r} is also in dataset {owner[case.case_id]}; "
+                    "case ids must be unique across datasets (rename the files)",
+                )
+            owner[case.case_id] = ds.root
+    return Dataset(
+        ",".join(ds.name for ds in parts),
+        ",".join(ds.root for ds in parts),
+        first.protocol,
+        tuple(c for ds in parts for c in ds.cases),
+    )
+
+
+def _resolve_one(
+    spec: str | os.PathLike, protocol: str | None, val_fraction: float, cache
+) -> Dataset:
     if str(spec) == "mni152":
         from msseg.data import mni152  # noqa: PLC0415 (keeps scipy warping code off other paths)
 
@@ -87,26 +169,78 @@ def _read_json(path: Path) -> dict:
         raise InputError(path, f"unreadable JSON ({e})") from e
 
 
-def _protocol(meta: dict, override: str | None, where: Path) -> labels_lib.Protocol:
-    name = override or meta.get("protocol")
+def _labelling(
+    meta: dict, override: str | None, where: Path
+) -> tuple[labels_lib.Protocol, Codes | None]:
+    """The protocol and the dataset's raw value -> id table (None: the protocol's codes).
+
+    A mapping naming something outside an overriding protocol (--protocol differing from
+    the dataset's own) is set aside: the protocol's raw codes apply, as before mappings.
+    """
+    declared = meta.get("protocol")
+    name = override or declared
+    raw = meta.get("labels")
     if name:
         try:
-            return labels_lib.get_protocol(name)
+            protocol = labels_lib.get_protocol(name)
         except ValueError as e:
             raise InputError(where, str(e)) from e
-    raw = meta.get("labels")
+        if raw is None:
+            return protocol, None
+        try:
+            return protocol, _codes(_label_mapping(raw, where), protocol, where)
+        except InputError:
+            if override and override != declared:
+                return protocol, None
+            raise
     if not isinstance(raw, dict) or not raw:
         raise InputError(
             where, "no label protocol: give --protocol, or 'protocol' or 'labels' in dataset.json"
         )
-    try:  # MSD: {"0": "background"}; nnU-Net v2: {"background": 0}
+    table = {k: str(v) for k, v in _label_mapping(raw, where).items()}
+    return labels_lib.flat_protocol(str(meta.get("name", where.parent.name)), table), None
+
+
+def _label_mapping(raw, where: Path) -> dict[int, str | None]:
+    """raw value -> name from MSD ``{"0": "background"}`` or nnU-Net v2 ``{"background": 0}``."""
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(where, f"cannot read the 'labels' mapping (not a mapping): {raw!r}")
+    try:
         if all(str(k).lstrip("-").isdigit() for k in raw):
-            table = {int(k): str(v) for k, v in raw.items()}
-        else:
-            table = {int(v): str(k) for k, v in raw.items()}
+            return {int(k): v for k, v in raw.items()}
+        pairs = [(int(v), k) for k, v in raw.items()]
     except (TypeError, ValueError) as e:
         raise InputError(where, f"cannot read the 'labels' mapping ({e})") from e
-    return labels_lib.flat_protocol(str(meta.get("name", where.parent.name)), table)
+    table = dict(pairs)
+    if len(table) < len(pairs):
+        raise InputError(where, "the 'labels' mapping gives one value two names")
+    return table
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_-]+", "-", name.strip().lower())
+
+
+def _codes(table: dict[int, str | None], protocol: labels_lib.Protocol, where: Path) -> Codes:
+    """Map each raw value's name to a protocol id (leaf, node or named set) or IGNORE."""
+    ids = {_norm(n): i for i, n in enumerate(protocol.id_names())}
+    ids |= {n: labels_lib.IGNORE for n in IGNORE_NAMES if n not in ids}
+    out, unknown = [], []
+    for value, name in sorted(table.items()):
+        key = None if name is None else _norm(name) if isinstance(name, str) else ""
+        if key is None:
+            out.append((value, labels_lib.IGNORE))
+        elif key in ids:
+            out.append((value, ids[key]))
+        else:
+            unknown.append(name)
+    if unknown:
+        raise InputError(
+            where,
+            f"'labels' names not in protocol {protocol.name!r}: {unknown}; known names: "
+            f"{', '.join(protocol.id_names())} (or null for unlabelled)",
+        )
+    return tuple(out)
 
 
 def _entry_paths(root: Path, entry, where: Path) -> tuple[str, str | None]:
@@ -149,7 +283,9 @@ def _from_dataset_json(root: Path, meta_path: Path, override, val_fraction) -> D
             cases.append(Case(cid, image, label, own))
     _check_files(cases)
     name = str(meta.get("name", root.name))
-    return Dataset(name, str(root), _protocol(meta, override, meta_path), tuple(cases))
+    protocol, codes = _labelling(meta, override, meta_path)
+    cases = [dataclasses.replace(c, codes=codes, dataset=name) for c in cases]
+    return Dataset(name, str(root), protocol, tuple(cases))
 
 
 def _nifti_files(folder: Path) -> list[Path]:
@@ -180,12 +316,10 @@ def _from_nnunet_folders(root: Path, meta: dict, override, val_fraction) -> Data
     if not cases:
         raise InputError(root / "imagesTr", "no NIfTI images found")
     where = root / "dataset.json" if (root / "dataset.json").is_file() else root
-    return Dataset(
-        str(meta.get("name", root.name)),
-        str(root),
-        _protocol(meta, override, where),
-        tuple(cases),
-    )
+    name = str(meta.get("name", root.name))
+    protocol, codes = _labelling(meta, override, where)
+    cases = [dataclasses.replace(c, codes=codes, dataset=name) for c in cases]
+    return Dataset(name, str(root), protocol, tuple(cases))
 
 
 def _check_files(cases: list[Case]) -> None:

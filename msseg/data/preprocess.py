@@ -6,8 +6,10 @@ values to protocol ids, resample to the target spacing (image linear; labels by
 clip intensities to percentiles inside the head and scale them to zero mean / unit std
 there, and keep up to `max_indices` voxel positions per label id for foreground-balanced
 patch sampling. Arrays are written as .npy (memory-mappable) next to a manifest.json that
-records shapes, spacings, affines, crop boxes, voxel counts per id and sha256 checksums; a
-rerun skips every case whose sources, settings and files are unchanged.
+records shapes, spacings, affines, crop boxes, voxel counts per id, the dataset each case
+comes from and the ids it declares, and sha256 checksums; a rerun skips every case whose
+sources, settings, label table and files are unchanged. Several datasets (a comma-separated
+SPEC) share one cache and one manifest.
 
 `prepare_image` is the image half of this, shared with inference, so a scan is seen by the
 model exactly as the training cases were.
@@ -30,6 +32,7 @@ from scipy import ndimage
 
 from msseg import io
 from msseg import labels as labels_lib
+from msseg.data import datasets
 from msseg.data.datasets import Case, Dataset
 from msseg.errors import InputError
 
@@ -150,6 +153,22 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def case_key(key: str, case: Case) -> str:
+    """The cache key of one case: the settings' `key`, plus its dataset's label table if any."""
+    if case.codes is None:
+        return key
+    blob = json.dumps([key, [list(c) for c in case.codes]])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _origin(case: Case, protocol: labels_lib.Protocol) -> dict:
+    """Manifest fields naming a case's dataset and the ids that dataset declares."""
+    return {
+        "dataset": case.dataset,
+        "declared_ids": list(datasets.declared_ids(protocol, case.codes)),
+    }
+
+
 def _stat(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -164,7 +183,8 @@ def preprocess_case(
     image = io.load_image(case.image)
     label = io.load_label(case.label)
     io.check_same_grid(image, label)
-    ids = protocol.encode(label.data, path=case.label)
+    codes = None if case.codes is None else dict(case.codes)
+    ids = protocol.encode(label.data, path=case.label, codes=codes)
     prepared, _ = prepare_image(image, cfg)
     ids, _ = io.resample_label(
         ids, label.affine, cfg.spacing, mode=cfg.label_resample, shape=prepared.resampled_shape
@@ -192,6 +212,7 @@ def preprocess_case(
         "pad_value": float(prepared.image.min()),
         "voxel_counts": {str(i): int(counts[i]) for i in np.flatnonzero(counts)},
         "sources": {"image": _stat(case.image), "label": _stat(case.label)},
+        **_origin(case, protocol),
     }
 
 
@@ -225,7 +246,11 @@ def preprocess_dataset(
     cfg: PreprocessConfig = PreprocessConfig(),
     workers: int | None = None,
 ) -> dict:
-    """Preprocesses every labelled case of `dataset` into `output`; returns the manifest."""
+    """Preprocesses every labelled case of `dataset` into `output`; returns the manifest.
+
+    A combined dataset (several SPECs) gives one manifest; "dataset" and "root" hold the
+    comma-joined names and roots, and each case record its own "dataset".
+    """
     out = Path(output)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     key = cfg.key(dataset.protocol)
@@ -245,8 +270,8 @@ def preprocess_dataset(
     for case in dataset.cases:
         if case.label is None:
             continue  # unlabelled test images are for sample.py, not for training
-        if _is_current(old.get(case.case_id), case, out, key):
-            manifest["cases"][case.case_id] = old[case.case_id]
+        if _is_current(old.get(case.case_id), case, out, case_key(key, case)):
+            manifest["cases"][case.case_id] = old[case.case_id] | _origin(case, dataset.protocol)
         else:
             todo.append(case)
     logging.info(
@@ -266,7 +291,7 @@ def preprocess_dataset(
                 failures.append(str(e))
                 logging.error("preprocess: [%d/%d] %s failed: %s", n, len(todo), case.case_id, e)
                 continue
-            record["key"] = key
+            record["key"] = case_key(key, case)
             manifest["cases"][case.case_id] = record
             _write_manifest(out, manifest)
             eta = (time.time() - start) / n * (len(todo) - n)
@@ -289,7 +314,8 @@ def preprocess_dataset(
 
 
 def summarize(manifest: dict) -> str:
-    """A plain-text summary: cases per split, array shapes, mean label volumes (mL) per id."""
+    """A plain-text summary: cases per split (and per dataset, if several), array shapes, mean
+    label volumes (mL) per id."""
     protocol = labels_lib.Protocol.from_json(manifest["protocol"])
     names = protocol.id_names()
     cases = manifest["cases"]
@@ -304,6 +330,10 @@ def summarize(manifest: dict) -> str:
                 f"  {split:5s}: {len(recs):3d} cases, shapes {shapes.min(0).tolist()}"
                 f"..{shapes.max(0).tolist()}"
             )
+    sources = [r.get("dataset", "") for r in cases.values()]
+    if len(set(sources)) > 1:
+        for name in dict.fromkeys(sources):
+            lines.append(f"  from {name}: {sources.count(name)} cases")
     lines.append(f"  {'label':<32s} {'mean mL':>9s} {'cases':>6s}")
     for i in sorted({int(k) for r in cases.values() for k in r["voxel_counts"]}):
         vols = [
@@ -342,12 +372,13 @@ def run(
 ) -> dict:
     """SPEC → preprocessed cache at `output` (tools/preprocess.py). Returns the manifest.
 
-    spacing: target voxel size in mm; default 2 mm for `mni152`, else the dataset's median.
+    spec: one SPEC, or several joined by commas (one cache; see `datasets.resolve`).
+    spacing: target voxel size in mm; default 2 mm when every SPEC is `mni152`, else the
+      median over all datasets' labelled images.
     """
-    from msseg.data import datasets  # noqa: PLC0415
-
     dataset = datasets.resolve(spec, protocol=protocol, val_fraction=val_fraction, cache=cache)
     if spacing is None:
-        spacing = (2.0, 2.0, 2.0) if str(spec) == "mni152" else median_spacing(dataset)
+        every_mni = all(s == "mni152" for s in datasets.split_spec(spec))
+        spacing = (2.0, 2.0, 2.0) if every_mni else median_spacing(dataset)
     cfg = PreprocessConfig(spacing=tuple(float(s) for s in spacing), margin_mm=margin_mm)
     return preprocess_dataset(dataset, output, cfg, workers)

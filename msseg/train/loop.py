@@ -53,10 +53,15 @@ def _tuples(d: dict) -> dict:
 
 
 def ensure_cache(config: ml_collections.ConfigDict, workdir: Path) -> str:
-    """The preprocessed cache of config.data (built by process 0 if missing or stale)."""
+    """The preprocessed cache of config.data (built by process 0 if missing or stale).
+
+    config.data.spec names one dataset SPEC or several joined by commas (one cache).
+    """
     d = config.data
     if not d.spec and not d.cache:
-        raise ValueError("config.data.spec is empty: set --config.data.spec=DATASET_FOLDER")
+        raise ValueError(
+            "config.data.spec is empty: set --config.data.spec=DATASET_FOLDER[,FOLDER...]"
+        )
     cache = d.cache or str(workdir / "cache")
 
     def build():
