@@ -1,11 +1,13 @@
 """The multiscale losses: depth weights, pooled targets, ignored voxels, both model modes."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from msseg.diffusion import losses
 from msseg.diffusion import schedule as sch
+from msseg.labels import IGNORE, get_protocol
 
 S = sch.make_schedule("cosine", 50)
 
@@ -118,3 +120,134 @@ def test_segmentation_loss_prefers_the_truth():
     bad_loss, _ = losses.segmentation_loss(bad, y, cfg)
     assert float(good_terms["ce/depth0"]) < 1e-3 and float(good_terms["dice/depth0"]) < 1e-3
     assert float(bad_loss) > 5 * float(good_loss)
+
+
+# ---------------------------------------------------------------------------------------
+# Partial labels: a voxel labelled with a tree node or named set ("GM, either side").
+
+MNI = get_protocol("mni-tissue")
+SPACE = losses.LabelSpace.from_protocol(MNI)
+GM, L_GM, R_GM = MNI.id_of("GM"), MNI.id_of("Left-GM"), MNI.id_of("Right-GM")
+
+
+def id_batch(seed=0, size=8):
+    """[2, size^3] leaf ids of mni-tissue."""
+    return np.random.default_rng(seed).integers(0, 7, (2, size, size, size)).astype(np.uint8)
+
+
+def test_marginal_losses_equal_the_leaf_losses_when_every_voxel_has_a_leaf():
+    ids = id_batch(10)
+    ids[:, :2] = IGNORE
+    f = SPACE.one_hot(jnp.asarray(ids))  # [.., J] over all 13 ids
+    y = jnp.asarray(np.eye(8, dtype=np.float32)[np.minimum(ids, 7)][..., :7])  # leaves, IGNORE 0
+    assert float(jnp.abs(f[..., 7:]).sum()) == 0 and f.shape[-1] == MNI.num_ids
+    rng = np.random.default_rng(11)
+    p = jnp.asarray(rng.dirichlet(np.ones(7), ids.shape).astype(np.float32))
+    np.testing.assert_allclose(
+        float(losses.cross_entropy(p, f, SPACE)), float(losses.cross_entropy(p, y)), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        float(losses.soft_dice_loss(p, f, SPACE)), float(losses.soft_dice_loss(p, y)), rtol=1e-6
+    )
+    eps = jnp.asarray(rng.standard_normal((*ids.shape, 7)).astype(np.float32))
+    t = jnp.array([5, 30])
+    x_t = sch.q_sample(S, 2 * y - 1, t, eps)
+    preds = tuple(
+        jnp.asarray(rng.standard_normal((2, 8 // 2**i, 8 // 2**i, 8 // 2**i, 7)), jnp.float32)
+        for i in range(3)
+    )
+    cfg = losses.LossConfig(ce_weight=1.0, dice_weight=1.0)
+    full, full_terms = losses.diffusion_loss(S, preds, y, x_t, eps, t, cfg)
+    marg, marg_terms = losses.diffusion_loss(S, preds, f, x_t, eps, t, cfg, SPACE)
+    for k in full_terms:
+        np.testing.assert_allclose(float(marg_terms[k]), float(full_terms[k]), rtol=1e-5)
+    seg_full, _ = losses.segmentation_loss(preds, y, cfg)
+    seg_marg, _ = losses.segmentation_loss(preds, f, cfg, SPACE)
+    np.testing.assert_allclose(float(seg_marg), float(seg_full), rtol=1e-5)
+
+
+def test_marginal_cross_entropy_and_dice_against_numpy():
+    ids = id_batch(12, 4)
+    ids[0, 0] = GM
+    ids[1, :, 0] = MNI.id_of("Left-Hemisphere")
+    ids[1, 0, 1] = IGNORE
+    rng = np.random.default_rng(13)
+    p = rng.dirichlet(np.ones(7), ids.shape).astype(np.float32)
+    member = MNI.membership()
+    inside, outside = MNI.relations()
+    lab = ids.astype(int)
+    q = np.where(lab < 255, (p * member[np.minimum(lab, 12)]).sum(-1), 1.0)
+    ce = -np.log(q)[lab < 255].mean()
+    got = float(losses.cross_entropy(jnp.asarray(p), SPACE.one_hot(jnp.asarray(ids)), SPACE))
+    np.testing.assert_allclose(got, ce, rtol=1e-5)
+    scores = []
+    for b in range(2):
+        present = set(np.unique(lab[b]).tolist()) - {255}
+        for u in range(MNI.num_ids):
+            if u >= 7 and u not in present:
+                continue
+            pu = (p[b] * member[u]).sum(-1)
+            decided = inside[u][lab[b]] | outside[u][lab[b]]
+            tu = inside[u][lab[b]]
+            scores.append((2 * (pu * tu).sum() + 1e-5) / ((pu * decided).sum() + tu.sum() + 1e-5))
+    got = float(losses.soft_dice_loss(jnp.asarray(p), SPACE.one_hot(jnp.asarray(ids)), SPACE))
+    np.testing.assert_allclose(got, 1 - np.mean(scores), rtol=1e-5)
+
+
+@pytest.mark.parametrize("target", [sch.Target.X0, sch.Target.EPS])
+def test_a_node_label_does_not_push_its_leaves_against_each_other(target):
+    """At a voxel labelled "GM" the gradient toward Left-GM and Right-GM is the same."""
+    ids = id_batch(14)
+    ids[0, :4] = GM  # half of sample 0: GM without sides
+    part = np.zeros(ids.shape, bool)
+    part[0, :4] = True
+    f = SPACE.one_hot(jnp.asarray(ids))
+    rng = np.random.default_rng(15)
+    y = SPACE.leaf_spread(f)
+    eps = jnp.asarray(rng.standard_normal((*ids.shape, 7)).astype(np.float32))
+    t = jnp.array([20, 40])
+    x_t = sch.q_sample(S, 2 * y - 1, t, eps)
+    # predictions whose x0 estimate stays inside (-1, 1), away from the clip
+    x0 = rng.uniform(-0.8, 0.8, (*ids.shape, 7)).astype(np.float32)
+    pred0 = sch.target_from(
+        S, jnp.asarray(x0), sch.to_x0_eps(S, x_t, t, x0, sch.Target.X0)[1], t, target
+    )
+    preds = (pred0, jnp.asarray(rng.standard_normal((2, 4, 4, 4, 7)), jnp.float32))
+    cfg = losses.LossConfig(target=target, ce_weight=1.0, dice_weight=1.0)
+
+    def loss(p0):
+        return losses.diffusion_loss(S, (p0, preds[1]), f, x_t, eps, t, cfg, SPACE)[0]
+
+    g = np.asarray(jax.grad(loss)(pred0))
+    assert np.abs(g[part][:, [L_GM, R_GM]]).max() > 1e-7  # the node is taught
+    np.testing.assert_allclose(g[part][:, L_GM], g[part][:, R_GM], rtol=1e-4, atol=1e-9)
+    # leaf-labelled voxels do separate the two sides
+    assert np.abs(g[~part][:, L_GM] - g[~part][:, R_GM]).max() > 1e-6
+    # the same for the probabilities, for CE and Dice separately
+    p = jnp.asarray(rng.dirichlet(np.ones(7), ids.shape).astype(np.float32))
+    for fn in (losses.cross_entropy, losses.soft_dice_loss):
+        gp = np.asarray(jax.grad(lambda q, fn=fn: fn(q, f, SPACE))(p))
+        np.testing.assert_allclose(gp[part][:, L_GM], gp[part][:, R_GM], rtol=1e-5, atol=1e-10)
+
+
+def test_mixed_label_sets_batch_together():
+    """One sample with leaves, one with tissue only: one loss, and the tissue-only sample
+    cannot tell left from right (swapping the sides of its prediction changes nothing)."""
+    ids = id_batch(16)
+    coarse = np.array([0, 8, 9, 10, 8, 9, 10], np.uint8)  # leaf → CSF / GM / WM node
+    ids[1] = coarse[ids[1]]
+    f = SPACE.one_hot(jnp.asarray(ids))
+    rng = np.random.default_rng(17)
+    logits = [rng.standard_normal((2, 8 // 2**i, 8 // 2**i, 8 // 2**i, 7)) for i in range(2)]
+    cfg = losses.LossConfig()
+    base, terms = losses.segmentation_loss(tuple(map(jnp.asarray, logits)), f, cfg, SPACE)
+    assert np.isfinite(float(base)) and float(terms["ce/depth1"]) > 0
+    swap = [0, 4, 5, 6, 1, 2, 3]
+    for lg in logits:
+        lg[1] = lg[1][..., swap]
+    swapped, _ = losses.segmentation_loss(tuple(map(jnp.asarray, logits)), f, cfg, SPACE)
+    np.testing.assert_allclose(float(swapped), float(base), rtol=1e-6)
+    for lg in logits:
+        lg[0] = lg[0][..., swap]  # the fully labelled sample does notice
+    both, _ = losses.segmentation_loss(tuple(map(jnp.asarray, logits)), f, cfg, SPACE)
+    assert abs(float(both) - float(base)) > 1e-3

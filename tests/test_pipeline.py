@@ -21,19 +21,13 @@ def assert_batches_equal(a, b):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
         np.testing.assert_array_equal(x["case"], y["case"])
-        for tx, ty in zip(x["targets"], y["targets"], strict=True):
-            np.testing.assert_array_equal(tx, ty)
 
 
 def test_batch_layout(tiny_mni_cache):
     batch = next(iter(pipeline.make_dataset(str(tiny_mni_cache), "train", CFG, seed=0, shard=ONE)))
     assert batch["image"].shape == (2, 16, 16, 16, 1) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (2, 16, 16, 16) and batch["label"].dtype == np.uint8
-    assert [t.shape for t in batch["targets"]] == [
-        (2, 16, 16, 16, 7),
-        (2, 8, 8, 8, 7),
-        (2, 4, 4, 4, 7),
-    ]
+    assert set(batch) == {"image", "label", "case"}  # targets are built on the device
     assert np.isfinite(batch["image"]).all()
 
 
@@ -77,18 +71,19 @@ def test_two_processes_get_disjoint_cases(tiny_mni_cache):
     assert seen[0] | seen[1] <= set(range(len(source)))
 
 
-def test_label_pyramid_is_pooled_one_hot():
+def test_id_fractions_are_pooled_one_hot_over_every_id():
     protocol = labels_lib.get_protocol("mni-tissue")
+    j = protocol.num_ids
     rng = np.random.default_rng(0)
     label = rng.integers(0, 7, (8, 8, 8)).astype(np.uint8)
-    label[0, 0, 0] = protocol.id_of("GM")  # a node: split evenly between left and right GM
+    label[0, 0, 0] = protocol.id_of("GM")  # a node keeps its own id: "left or right GM"
     label[0, 0, 1] = labels_lib.IGNORE
-    pyramid = pipeline.label_pyramid(label, pipeline.leaf_weights(protocol), 3)
-    assert [p.shape for p in pyramid] == [(8, 8, 8, 7), (4, 4, 4, 7), (2, 2, 2, 7)]
-    np.testing.assert_allclose(pyramid[0][1:, 1:, 1:], np.eye(7)[label[1:, 1:, 1:]])
-    np.testing.assert_allclose(pyramid[0][0, 0, 0], [0, 0, 0.5, 0, 0, 0.5, 0])
+    pyramid = pipeline.id_fractions(label, j, 3)
+    assert [p.shape for p in pyramid] == [(8, 8, 8, j), (4, 4, 4, j), (2, 2, 2, j)]
+    np.testing.assert_allclose(pyramid[0][1:, 1:, 1:], np.eye(j)[label[1:, 1:, 1:]])
+    np.testing.assert_allclose(pyramid[0][0, 0, 0], np.eye(j)[protocol.id_of("GM")])
     assert pyramid[0][0, 0, 1].sum() == 0
-    expected = np.eye(7)[label[2:4, 4:6, 6:8]].mean(axis=(0, 1, 2))
+    expected = np.eye(j)[label[2:4, 4:6, 6:8]].mean(axis=(0, 1, 2))
     np.testing.assert_allclose(pyramid[1][1, 2, 3], expected, rtol=1e-6)
     np.testing.assert_allclose(pyramid[2][0, 0, 0].sum(), 1 - 1 / 64, rtol=1e-6)  # one IGNORE voxel
 

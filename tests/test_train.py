@@ -14,7 +14,7 @@ from conftest import dataset_of
 
 from msseg.diffusion import losses
 from msseg.diffusion import schedule as sch
-from msseg.labels import get_protocol
+from msseg.labels import IGNORE, get_protocol
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import checkpoint, sharding, step, validate
 from msseg.train.loop import NonFiniteError, entry_depth, train
@@ -47,7 +47,7 @@ def _setup(batch=8, size=16):
     labels = rng.integers(0, 3, (batch, size, size, size))
     batch = {
         "image": rng.normal(size=(batch, size, size, size, 1)).astype(np.float32),
-        "y": np.eye(3, dtype=np.float32)[labels],
+        "label": labels.astype(np.uint8),
     }
     fn = step.make_train_step(model, s, losses.LossConfig(dice_weight=0.5), tx, tcfg)
     return fn, create_state(params, tx), batch
@@ -133,14 +133,14 @@ def test_dice_scores_per_leaf_and_level_match_a_plain_count():
     rng = np.random.default_rng(0)
     ref = rng.integers(0, 7, (2, 6, 6, 6))
     pred = np.where(rng.random(ref.shape) < 0.8, ref, rng.integers(0, 7, ref.shape))
-    ref[0, 0] = -1  # unscored
+    ref[0, 0] = IGNORE  # unscored
     scores = validate.dice_scores(pred, ref, protocol)
     names = protocol.id_names()
     member = protocol.membership()
     for i in range(1, len(member) - len(protocol.sets)):
         vals = []
         for p, r in zip(pred, ref, strict=True):
-            ok = r >= 0
+            ok = r != IGNORE
             pm = np.isin(p, np.flatnonzero(member[i])) & ok
             rm = np.isin(r, np.flatnonzero(member[i])) & ok
             vals.append(

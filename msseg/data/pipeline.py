@@ -7,11 +7,12 @@ seed alone, and its iterator state is saved/restored with orbax
 (`grain.checkpoint.CheckpointSave` / `CheckpointRestore`). Batches are dicts:
 
   image    [B, X, Y, Z, 1] float32  normalised T1 patch
-  label    [B, X, Y, Z]    uint8    protocol ids (leaves, nodes, IGNORE)
-  targets  tuple over depths d = 0..D-1 of [B, X/2^d, Y/2^d, Z/2^d, K] float32: one-hot
-           leaves average-pooled by 2^d (a node id spreads uniformly over its leaves and
-           IGNORE is all-zero, so a pooled row sums to the labelled fraction of its cell)
+  label    [B, X, Y, Z]    uint8    protocol ids (leaves, nodes, named sets, IGNORE)
   case     [B] int32 index of the case in the source
+
+The train step turns the ids into one-hot targets over the protocol's ids and pools them to
+each depth on the device (msseg.train.step.at_depth), so a partial label keeps its meaning
+("one of these leaves") through the pyramid; `id_fractions` is the same rule in numpy.
 """
 
 from __future__ import annotations
@@ -125,37 +126,18 @@ class RandomPatch(grain.transforms.RandomMap):
         return {"image": img[..., None], "label": lab, "case": np.int32(element["case"])}
 
 
-def leaf_weights(protocol: labels_lib.Protocol) -> np.ndarray:
-    """[256, K] float32: id i spread evenly over its leaves; IGNORE and unused rows are 0."""
-    member = protocol.membership().astype(np.float32)
-    table = np.zeros((256, protocol.num_leaves), np.float32)
-    table[: len(member)] = member / member.sum(axis=1, keepdims=True)
-    return table
-
-
-def label_pyramid(
-    label: np.ndarray, weights: np.ndarray, num_depths: int
-) -> tuple[np.ndarray, ...]:
-    """[X, Y, Z] ids → per depth d, [X/2^d, Y/2^d, Z/2^d, K] one-hot average-pooled by 2^d."""
-    level = weights[label]
+def id_fractions(label: np.ndarray, num_ids: int, num_depths: int) -> tuple[np.ndarray, ...]:
+    """[X, Y, Z] ids → per depth d, [X/2^d, Y/2^d, Z/2^d, num_ids] one-hot average-pooled by
+    2^d (IGNORE rows are zero, so a cell's row sums to its labelled fraction)."""
+    table = np.zeros((256, num_ids), np.float32)
+    table[np.arange(num_ids), np.arange(num_ids)] = 1.0
+    level = table[label]
     out = [level]
     for _ in range(1, num_depths):
         x, y, z, k = level.shape
         level = level.reshape(x // 2, 2, y // 2, 2, z // 2, 2, k).mean(axis=(1, 3, 5))
         out.append(level)
     return tuple(out)
-
-
-class LabelPyramid(grain.transforms.Map):
-    def __init__(self, weights: np.ndarray, num_depths: int):
-        self.weights = weights
-        self.num_depths = num_depths
-
-    def map(self, element: dict) -> dict:
-        return {
-            **element,
-            "targets": label_pyramid(element["label"], self.weights, self.num_depths),
-        }
 
 
 def make_dataset(
@@ -184,7 +166,6 @@ def make_dataset(
         .shuffle()
         .repeat(None)
         .random_map(RandomPatch(cfg, source.protocol.lr_swap()))
-        .map(LabelPyramid(leaf_weights(source.protocol), cfg.num_depths))
         .batch(cfg.batch_size, drop_remainder=True)
     )
     it_ds = ds.to_iter_dataset(

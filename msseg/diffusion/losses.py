@@ -5,11 +5,24 @@ is the full-resolution quantity average-pooled by 2^i (the label pyramid's rule)
 coarse depth is supervised with soft, honest targets. Depth weights default to 1/2^i,
 normalised to sum to one.
 
-Targets are leaf distributions y [B, X, Y, Z, K] (one-hot for a leaf; the pipeline's
-pyramid gives pooled fractions). A voxel's weight is sum_k y_k, so IGNORE voxels (all-zero
-rows) do not count. Cross-entropy and Dice take the per-voxel target rows as given, so a
-later change can give a voxel a set of leaves (partial labels) by changing how `y` is
-built and how `cross_entropy` reduces it.
+Targets are *label-id fractions* f [B, X, Y, Z, J] over a `LabelSpace`'s J ids (the
+protocol's leaves, tree nodes and named sets; DESIGN.md §3): one-hot of a voxel's id, pooled
+by 2^i at coarse depths; IGNORE is an all-zero row. A voxel labelled with a node or set S
+("grey matter, either side") is a partial label, trained by the marginals of S:
+
+- cross-entropy: -log sum_{k in S} p_k (the marginal likelihood; for a leaf, plain CE);
+- soft Dice per label u over the voxels that decide u (labelled inside u or outside it; a
+  partial label straddling u says nothing about u), averaged over the leaves and the partial
+  ids present in the sample; with leaf labels only this is the usual soft Dice over leaves;
+- diffusion regression: masked (weight = the leaf-labelled fraction). A partial voxel has no
+  one-hot x0 to regress to; the uniform spread over S would teach "50 % left, 50 % right".
+  Its noising input x0 is that spread (the mean of S's one-hots, the state the sampler's
+  own uncertain x0 estimates pass through), so the model's input stays smooth.
+
+Both terms depend on the predicted leaf probabilities of S only through their sum, so the
+gradient of the loss with respect to p_k is the same for every k in S: nothing pushes one
+leaf of S against another. With every voxel labelled with a leaf, all of this reduces to
+the plain leaf losses (tests/test_losses.py). `space=None` means f is already over leaves.
 """
 
 from __future__ import annotations
@@ -53,65 +66,132 @@ def pyramid(x: jax.Array, num_outputs: int) -> list[jax.Array]:
     return [downsample(x, 2**i) for i in range(num_outputs)]
 
 
+class LabelSpace:
+    """How the J label ids relate to the model's K leaves (ids 0..K-1 are the leaves).
+
+    member [J, K]: the leaves of each id; spread [J, K]: each id's mass spread evenly over
+    its leaves; inside / decides [J, J] indexed [voxel id v, label u]: v's leaves all lie in
+    u / v lies inside u or outside it (`Protocol.relations`).
+    """
+
+    def __init__(self, member: np.ndarray, inside: np.ndarray, outside: np.ndarray):
+        member = np.asarray(member, bool)
+        self.num_ids, self.num_leaves = member.shape
+        if not np.array_equal(member[: self.num_leaves], np.eye(self.num_leaves, dtype=bool)):
+            raise ValueError("the first K label ids must be the leaves")
+        self.flat = self.num_ids == self.num_leaves
+        self.member = member.astype(np.float32)
+        self.spread = self.member / self.member.sum(axis=1, keepdims=True)
+        self.inside = np.asarray(inside, np.float32)
+        self.decides = (np.asarray(inside) | np.asarray(outside)).astype(np.float32)
+
+    @classmethod
+    def leaves(cls, k: int) -> LabelSpace:
+        """Leaf labels only (J = K)."""
+        eye = np.eye(k, dtype=bool)
+        return cls(eye, eye, ~eye)
+
+    @classmethod
+    def from_protocol(cls, protocol) -> LabelSpace:
+        """Every id of a `msseg.labels.Protocol`: leaves, tree nodes and named sets."""
+        j = protocol.num_ids
+        inside, outside = protocol.relations()  # [label u, voxel id v] over 256 voxel ids
+        return cls(protocol.membership(), inside[:, :j].T, outside[:, :j].T)
+
+    def one_hot(self, ids: jax.Array) -> jax.Array:
+        """[...] uint8 ids → [..., J] float32 one-hot (IGNORE and unknown ids: zeros)."""
+        return jax.nn.one_hot(ids.astype(jnp.int32), self.num_ids, dtype=jnp.float32)
+
+    def leaf_spread(self, f: jax.Array) -> jax.Array:
+        """[..., J] id fractions → [..., K] leaf distribution (partial ids spread evenly)."""
+        return f if self.flat else f @ self.spread
+
+    def leaf_fraction(self, f: jax.Array) -> jax.Array:
+        """[..., J] → [...]: the share of a cell labelled with leaves (not partial, not IGNORE)."""
+        return f[..., : self.num_leaves].sum(axis=-1)
+
+    def marginals(self, p: jax.Array) -> jax.Array:
+        """[..., K] leaf probabilities → [..., J]: each id's probability (sum of its leaves)."""
+        return p if self.flat else p @ self.member.T
+
+
+def _space(space: LabelSpace | None, k: int) -> LabelSpace:
+    return LabelSpace.leaves(k) if space is None else space
+
+
 def x0_to_probs(x0: jax.Array) -> jax.Array:
     """A mask estimate in [-1, 1]^K → leaf probabilities (clip to [0, 1], renormalise)."""
     p = jnp.clip((x0 + 1.0) / 2.0, EPS, 1.0)
     return p / p.sum(axis=-1, keepdims=True)
 
 
-def cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean over labelled voxels of -sum_k y_k log p_k (soft targets; y rows may be zero)."""
-    w = y.sum(axis=-1)
-    nll = -(y * jnp.log(jnp.maximum(p, EPS))).sum(axis=-1)
-    return nll.sum() / jnp.maximum(w.sum(), EPS)
+def cross_entropy(p: jax.Array, f: jax.Array, space: LabelSpace | None = None) -> jax.Array:
+    """Mean over labelled voxels of -sum_j f_j log P(id j) (marginal likelihood of each id)."""
+    q = _space(space, p.shape[-1]).marginals(p)
+    nll = -(f * jnp.log(jnp.maximum(q, EPS))).sum(axis=-1)
+    return nll.sum() / jnp.maximum(f.sum(), EPS)
 
 
-def soft_dice_loss(p: jax.Array, y: jax.Array, smooth: float = 1e-5) -> jax.Array:
-    """1 - mean over samples and leaves of soft Dice over the labelled part of each voxel.
+def soft_dice_loss(
+    p: jax.Array, f: jax.Array, space: LabelSpace | None = None, smooth: float = 1e-5
+) -> jax.Array:
+    """1 - mean soft Dice per sample over the leaves and the partial ids labelled in it.
 
-    y already carries a pooled cell's labelled fraction w = sum_k y_k, so only p is weighted
-    by w (a half-IGNORE cell counts half its predicted mass).
+    Label u is scored over the part of each cell that decides it: target t_u = the mass
+    labelled inside u, predicted q_u = P(u) weighted by the deciding mass d_u (a pooled
+    cell's labelled fraction for leaf labels; a half-IGNORE cell counts half its mass).
     """
-    w = y.sum(axis=-1, keepdims=True)
+    sp = _space(space, p.shape[-1])
+    q = sp.marginals(p)
+    if sp.flat:
+        t, d = f, f.sum(axis=-1, keepdims=True)
+    else:
+        t, d = f @ sp.inside, f @ sp.decides
     axes = tuple(range(1, p.ndim - 1))
-    inter = (p * y).sum(axes)
-    denom = (p * w).sum(axes) + y.sum(axes)
-    return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
+    inter = (q * t).sum(axes)
+    denom = (q * d).sum(axes) + t.sum(axes)
+    dice = (2 * inter + smooth) / (denom + smooth)  # [B, J]
+    scored = jnp.arange(sp.num_ids) < sp.num_leaves
+    scored = scored | (f.sum(axes) > 0)  # partial ids labelled in the sample
+    return 1.0 - (dice * scored).sum() / scored.sum()
 
 
-def _weighted_mse(pred: jax.Array, target: jax.Array, y: jax.Array) -> jax.Array:
-    w = y.sum(axis=-1, keepdims=True)
+def _weighted_mse(pred: jax.Array, target: jax.Array, w: jax.Array) -> jax.Array:
+    w = w[..., None]
     return (w * (pred - target) ** 2).sum() / jnp.maximum(w.sum() * pred.shape[-1], EPS)
 
 
 def diffusion_loss(
     s: sch.Schedule,
     preds: tuple[jax.Array, ...],
-    y: jax.Array,
+    f: jax.Array,
     x_t: jax.Array,
     eps: jax.Array,
     t: jax.Array,
     cfg: LossConfig,
+    space: LabelSpace | None = None,
 ) -> tuple[jax.Array, dict]:
     """The multiscale diffusion loss and its per-depth terms.
 
     preds: per depth i, [B, X/2^i, Y/2^i, Z/2^i, K] predictions of cfg.target.
-    y: [B, X, Y, Z, K] leaf targets at the input resolution; x0 = 2y - 1.
+    f: [B, X, Y, Z, J] label-id fractions at the input resolution (J = K: leaf targets);
+      x0 = 2 * leaf_spread(f) - 1.
     x_t, eps: [B, X, Y, Z, K] the noised mask and its noise; t: [B] int timesteps.
     """
+    sp = _space(space, preds[0].shape[-1])
     n = len(preds)
     weights = depth_weights(n, cfg.depth_weights)
-    ys, xts, epss = pyramid(y, n), pyramid(x_t, n), pyramid(eps, n)
+    fs, xts, epss = pyramid(f, n), pyramid(x_t, n), pyramid(eps, n)
     total, metrics = 0.0, {}
     for i, pred in enumerate(preds):
-        x0_i = 2.0 * ys[i] - 1.0
+        x0_i = 2.0 * sp.leaf_spread(fs[i]) - 1.0
         target = sch.target_from(s, x0_i, epss[i], t, cfg.target)
-        terms = {"mse": _weighted_mse(pred, target, ys[i])}
+        terms = {"mse": _weighted_mse(pred, target, sp.leaf_fraction(fs[i]))}
         if cfg.ce_weight or cfg.dice_weight:
             x0_hat, _ = sch.to_x0_eps(s, xts[i], t, pred, cfg.target)
             p = x0_to_probs(jnp.clip(x0_hat, -1.0, 1.0))
-            terms["ce"] = cross_entropy(p, ys[i])
-            terms["dice"] = soft_dice_loss(p, ys[i])
+            terms["ce"] = cross_entropy(p, fs[i], sp)
+            terms["dice"] = soft_dice_loss(p, fs[i], sp)
         depth_loss = cfg.mse_weight * terms["mse"]
         depth_loss += cfg.ce_weight * terms.get("ce", 0.0) + cfg.dice_weight * terms.get(
             "dice", 0.0
@@ -123,7 +203,7 @@ def diffusion_loss(
 
 
 def segmentation_loss(
-    logits: tuple[jax.Array, ...], y: jax.Array, cfg: LossConfig
+    logits: tuple[jax.Array, ...], f: jax.Array, cfg: LossConfig, space: LabelSpace | None = None
 ) -> tuple[jax.Array, dict]:
     """The deterministic mode's loss: CE + soft Dice on softmax(logits) at every depth.
 
@@ -134,11 +214,11 @@ def segmentation_loss(
     )
     n = len(logits)
     weights = depth_weights(n, cfg.depth_weights)
-    ys = pyramid(y, n)
+    fs = pyramid(f, n)
     total, metrics = 0.0, {}
     for i, lg in enumerate(logits):
         p = jax.nn.softmax(lg, axis=-1)
-        ce, dice = cross_entropy(p, ys[i]), soft_dice_loss(p, ys[i])
+        ce, dice = cross_entropy(p, fs[i], space), soft_dice_loss(p, fs[i], space)
         total = total + weights[i] * (ce_w * ce + dice_w * dice)
         metrics.update({f"ce/depth{i}": ce, f"dice/depth{i}": dice})
     metrics["loss"] = total
@@ -149,29 +229,32 @@ def model_loss(
     model,
     params,
     image: jax.Array,
-    y: jax.Array,
+    f: jax.Array,
     key: jax.Array,
     s: sch.Schedule | None,
     cfg: LossConfig,
     *,
+    space: LabelSpace | None = None,
     entry_depth: int = 0,
     train: bool = True,
 ) -> tuple[jax.Array, dict]:
     """One training objective evaluation for a MultiscaleUNet (diffusion or deterministic).
 
-    image [B, X, Y, Z, C] and leaf targets y [B, X, Y, Z, K], both already at the entry
-    depth's resolution. Diffusion: t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample(2y - 1),
-    then `diffusion_loss`; deterministic: `segmentation_loss`. `key` also drives dropout.
+    image [B, X, Y, Z, C] and label-id fractions f [B, X, Y, Z, J] (leaf targets when
+    space is None), both already at the entry depth's resolution. Diffusion: t ~ U{0..T-1},
+    eps ~ N(0, I), x_t = q_sample(2 leaf_spread(f) - 1), then `diffusion_loss`;
+    deterministic: `segmentation_loss`. `key` also drives dropout.
     """
     k_t, k_eps, k_drop = jax.random.split(key, 3)
     rngs = {"dropout": k_drop}
     if not model.cfg.diffusion:
         logits = model.apply(params, image, entry_depth=entry_depth, train=train, rngs=rngs)
-        return segmentation_loss(logits, y, cfg)
+        return segmentation_loss(logits, f, cfg, space)
+    y = _space(space, model.cfg.num_classes).leaf_spread(f)
     b = image.shape[0]
     t = jax.random.randint(k_t, (b,), 0, s.num_timesteps)
     eps = jax.random.normal(k_eps, y.shape, jnp.float32)
     x_t = sch.q_sample(s, 2.0 * y - 1.0, t, eps)
     x = jnp.concatenate([x_t, image.astype(x_t.dtype)], axis=-1)
     preds = model.apply(params, x, t, entry_depth=entry_depth, train=train, rngs=rngs)
-    return diffusion_loss(s, preds, y, x_t, eps, t, cfg)
+    return diffusion_loss(s, preds, f, x_t, eps, t, cfg, space)

@@ -60,7 +60,8 @@ def evaluate_model(
         for i, case in enumerate(cases):
             image, label = io.load_image(case.image), io.load_label(case.label)
             io.check_same_grid(image, label)
-            ref = protocol.encode(label.data, case.label)
+            codes = dict(case.codes) if case.codes is not None else None
+            ref = protocol.encode(label.data, case.label, codes)  # the dataset's own values
             result = segmenter.segment_volume(image, predict.file_key(key, case.case_id))
             predict.write_outputs(samples, result, protocol)
             case_rows = report.evaluate_case(

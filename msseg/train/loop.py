@@ -187,9 +187,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             )
             logging.info("initialised params from %s (step %d)", tcfg.init_from, n)
 
-    batch_sharding = {"image": sharding.batch_sharding(mesh), "y": sharding.batch_sharding(mesh)}
+    batch_sharding = {k: sharding.batch_sharding(mesh) for k in ("image", "label")}
+    space = losses.LabelSpace.from_protocol(setup.protocol)
     train_step = step.jit_train_step(
-        step.make_train_step(setup.model, setup.schedule, setup.loss, tx, tcfg),
+        step.make_train_step(setup.model, setup.schedule, setup.loss, tx, tcfg, space),
         state_sharding,
         batch_sharding,
         tcfg.donate,
@@ -209,7 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     try:
         for n in range(first + 1, tcfg.steps + 1):
             batch = next(data_iter)
-            local = {"image": batch["image"], "y": batch["targets"][0]}
+            local = {"image": batch["image"], "label": batch["label"]}
             e = entry_depth(tcfg, config.seed, n - 1)
             state, metrics = train_step(state, sharding.shard_batch(local, mesh), step_key, e)
             pending.append(metrics)

@@ -1,7 +1,9 @@
 """Pure train and eval steps: `train_step(state, batch, key) -> (state, metrics)`.
 
-The batch holds full-resolution arrays; a static entry depth e average-pools the image and the
-leaf targets by 2^e inside the step, so every entry depth reuses the same data stream and one
+The batch holds full-resolution arrays, the image and the label ids (leaves, tree nodes, named
+sets, IGNORE); the step turns the ids into one-hot label-id fractions over the `LabelSpace`
+(partial labels: msseg.diffusion.losses), and a static entry depth e average-pools the image
+and the fractions by 2^e inside the step, so every entry depth reuses the same data stream and one
 compiled step exists per depth. Per-step randomness is `fold_in(key, state.step)`, so a resumed
 run draws the same numbers. A step whose loss or gradient is not finite returns the state it
 was given (nothing from it is applied) with `finite = False` in its metrics; the loop stops
@@ -21,10 +23,13 @@ from msseg.models.unet import MultiscaleUNet
 from msseg.train.state import TrainConfig, TrainState, ema_decay, lr_schedule
 
 
-def at_depth(batch: dict, entry_depth: int) -> tuple[jax.Array, jax.Array]:
-    """{"image" [B, X, Y, Z, C], "y" [B, X, Y, Z, K]} → both average-pooled by 2^entry_depth."""
+def at_depth(
+    batch: dict, entry_depth: int, space: losses.LabelSpace
+) -> tuple[jax.Array, jax.Array]:
+    """{"image" [B, X, Y, Z, C], "label" [B, X, Y, Z] ids} → the image and the one-hot
+    label-id fractions [B, X, Y, Z, J], both average-pooled by 2^entry_depth."""
     f = 2**entry_depth
-    return downsample(batch["image"], f), downsample(batch["y"], f)
+    return downsample(batch["image"], f), downsample(space.one_hot(batch["label"]), f)
 
 
 def make_train_step(
@@ -33,17 +38,31 @@ def make_train_step(
     loss_cfg: losses.LossConfig,
     tx: optax.GradientTransformation,
     cfg: TrainConfig,
+    space: losses.LabelSpace | None = None,
 ):
-    """`train_step(state, batch, key, entry_depth)` (entry_depth static) for jit."""
+    """`train_step(state, batch, key, entry_depth)` (entry_depth static) for jit.
+
+    space: the label ids the batch's labels use (default: the model's leaves only).
+    """
     schedule = lr_schedule(cfg)
+    space = space or losses.LabelSpace.leaves(model.cfg.num_classes)
 
     def train_step(state: TrainState, batch: dict, key: jax.Array, entry_depth: int = 0):
         key = jax.random.fold_in(key, state.step)
-        image, y = at_depth(batch, entry_depth)
+        image, f = at_depth(batch, entry_depth, space)
 
         def loss_fn(params):
             return losses.model_loss(
-                model, params, image, y, key, s, loss_cfg, entry_depth=entry_depth, train=True
+                model,
+                params,
+                image,
+                f,
+                key,
+                s,
+                loss_cfg,
+                space=space,
+                entry_depth=entry_depth,
+                train=True,
             )
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -76,13 +95,28 @@ def _absolute_depths(terms: dict, entry_depth: int) -> dict:
     return out
 
 
-def make_eval_step(model: MultiscaleUNet, s: sch.Schedule | None, loss_cfg: losses.LossConfig):
+def make_eval_step(
+    model: MultiscaleUNet,
+    s: sch.Schedule | None,
+    loss_cfg: losses.LossConfig,
+    space: losses.LabelSpace | None = None,
+):
     """`eval_step(params, batch, key, entry_depth)`: the training objective without updates."""
+    space = space or losses.LabelSpace.leaves(model.cfg.num_classes)
 
     def eval_step(params, batch: dict, key: jax.Array, entry_depth: int = 0):
-        image, y = at_depth(batch, entry_depth)
+        image, f = at_depth(batch, entry_depth, space)
         loss, terms = losses.model_loss(
-            model, params, image, y, key, s, loss_cfg, entry_depth=entry_depth, train=False
+            model,
+            params,
+            image,
+            f,
+            key,
+            s,
+            loss_cfg,
+            space=space,
+            entry_depth=entry_depth,
+            train=False,
         )
         return {**_absolute_depths(terms, entry_depth), "loss": loss}
 

@@ -4,7 +4,10 @@ Depth d means the volume entered the network at depth d: the image average-poole
 in through stem d and is segmented there (sampled with the `sampler` config, or the
 deterministic head), and is scored against the ground truth pooled to the same grid. Every
 case is padded to one common shape (a multiple of the model's coarsest stride) so each depth
-compiles once; padding is scored as unlabelled. Dice follows DESIGN.md's empty-mask policy
+compiles once; padding is scored as unlabelled. Reference ids at depth d are the majority id
+of each 2^d cell (leaf, node or named set; IGNORE where less than half is labelled), and a
+label is scored over the voxels whose reference decides it (a partial label straddling it and
+IGNORE are left out, as in msseg.evaluation). Dice follows DESIGN.md's empty-mask policy
 (both empty: 1).
 """
 
@@ -16,7 +19,7 @@ import jax
 import numpy as np
 
 from msseg import labels as labels_lib
-from msseg.data.pipeline import CaseSource, label_pyramid, leaf_weights
+from msseg.data.pipeline import CaseSource, id_fractions
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
 from msseg.models.resize import downsample
@@ -26,7 +29,7 @@ from msseg.models.unet import MultiscaleUNet
 @dataclasses.dataclass
 class ValSet:
     images: np.ndarray  # [N, X, Y, Z, 1] float32, padded with each case's background value
-    targets: dict[int, np.ndarray]  # depth → [N, X/2^d, Y/2^d, Z/2^d] leaf ids, -1 = unscored
+    targets: dict[int, np.ndarray]  # depth → [N, X/2^d, Y/2^d, Z/2^d] uint8 ids, IGNORE = unscored
     protocol: labels_lib.Protocol
 
 
@@ -40,7 +43,6 @@ def load_valset(
     step = max(multiple, 2 ** max(depths))
     shape = np.max([c["image"].shape for c in cases], axis=0)
     shape = tuple(int(-(-s // step) * step) for s in shape)
-    weights = leaf_weights(source.protocol)
     images = np.zeros((n, *shape, 1), np.float32)
     labels = np.full((n, *shape), labels_lib.IGNORE, np.uint8)
     for i, c in enumerate(cases):
@@ -52,9 +54,9 @@ def load_valset(
     for d in depths:
         out = []
         for lab in labels:
-            soft = label_pyramid(lab, weights, d + 1)[d]
-            ids = soft.argmax(-1).astype(np.int32)
-            ids[soft.sum(-1) < 0.5] = -1  # mostly unlabelled or padding
+            soft = id_fractions(lab, source.protocol.num_ids, d + 1)[d]
+            ids = soft.argmax(-1).astype(np.uint8)
+            ids[soft.sum(-1) < 0.5] = labels_lib.IGNORE  # mostly unlabelled or padding
             out.append(ids)
         targets[d] = np.stack(out)
     return ValSet(images, targets, source.protocol)
@@ -87,11 +89,12 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def dice_scores(pred: np.ndarray, ref: np.ndarray, protocol: labels_lib.Protocol) -> dict:
-    """Leaf ids `pred`, `ref` (-1 = unscored) → {id name: mean Dice over cases} for every
-    non-background id of every tree level, and {"level<l>": mean of that level's ids}."""
-    member = protocol.membership()
+    """Leaf ids `pred`, reference ids `ref` (partial ids and IGNORE allowed) → {id name: mean
+    Dice over cases} for every non-background id of every tree level, and {"level<l>": mean
+    of that level's ids}. Each label is scored where the reference decides it."""
+    inside, outside = protocol.relations()
     names = protocol.id_names()
-    scored = ref >= 0
+    pred = pred.astype(np.uint8)
     out, levels = {}, {}
     for level, ids in enumerate(protocol.levels()):
         level_scores = []
@@ -99,9 +102,10 @@ def dice_scores(pred: np.ndarray, ref: np.ndarray, protocol: labels_lib.Protocol
             if i == 0:  # background
                 continue
             if names[i] not in out:
+                decided = inside[i][ref] | outside[i][ref]
                 per_case = [
-                    dice(member[i][p][m], member[i][r][m])
-                    for p, r, m in zip(pred, np.maximum(ref, 0), scored, strict=True)
+                    dice(inside[i][p] & m, inside[i][r] & m)
+                    for p, r, m in zip(pred, ref, decided, strict=True)
                 ]
                 out[names[i]] = float(np.mean(per_case))
             level_scores.append(out[names[i]])
