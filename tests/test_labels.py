@@ -35,6 +35,11 @@ def test_mni_tissue_layout():
     assert [p.id_of(n) for n in ("Brain", "CSF", "GM", "WM")] == [7, 8, 9, 10]
     assert [p.id_of(n) for n in ("Left-Hemisphere", "Right-Hemisphere")] == [11, 12]
     assert p.levels() == [[0, 7], [0, 8, 9, 10], list(range(7))]
+    assert p.level_of_leaves().tolist() == [
+        [0, 7, 7, 7, 7, 7, 7],
+        [0, 8, 9, 10, 8, 9, 10],
+        list(range(7)),
+    ]
     assert p.membership()[11].nonzero()[0].tolist() == [1, 2, 3]
     assert p.membership()[12].nonzero()[0].tolist() == [4, 5, 6]
 
@@ -203,6 +208,7 @@ def test_flat_protocol():
     p = labels.flat_protocol("toy", {0: "background", 1: "a", 2: "b"})
     assert p.leaves == ("background", "a", "b") and p.num_ids == 3
     assert p.levels() == [[0, 1, 2]]
+    assert p.level_of_leaves().tolist() == [[0, 1, 2]]
     assert p.parent().tolist() == [-1, -1, -1]
     assert p.encode(np.array([2, 0, 1])).tolist() == [2, 0, 1]
     assert labels.Protocol.from_json(p.to_json()) == p

@@ -114,3 +114,25 @@ def test_deterministic_segmenter_output_format():
     assert out["labels"].shape == (2, 8, 8, 8)
     np.testing.assert_allclose(out["probs"].sum(-1), 1.0, rtol=1e-5)
     assert float(out["variance"].max()) == 0.0
+
+
+def test_fuse_and_from_logits_decide_top_down_with_a_tree():
+    from msseg.diffusion.losses import x0_to_probs
+    from msseg.labels import get_protocol
+
+    tree = get_protocol("mni-tissue").level_tables()
+    rng = np.random.default_rng(5)
+    masks = jnp.asarray(rng.uniform(-1.2, 1.2, (3, 2, 4, 4, 4, 7)).astype(np.float32))
+    fuse = jax.jit(functools.partial(segment.fuse, fusion="mean", tree=tree))
+    out, flat = fuse(masks), segment.fuse(masks, "mean")
+    np.testing.assert_allclose(out["probs"], flat["probs"], rtol=1e-6)
+    np.testing.assert_array_equal(out["labels"], tree.labels(np.asarray(out["probs"])))
+    assert (np.asarray(out["labels"]) != np.asarray(flat["labels"])).any()
+    vote = segment.fuse(masks, "vote", tree)
+    members = tree.labels(np.asarray(x0_to_probs(masks)))  # each member's own labels
+    shares = np.eye(7)[members].mean(0)
+    np.testing.assert_allclose(vote["probs"], shares, rtol=1e-6)
+    np.testing.assert_array_equal(vote["labels"], tree.labels(shares))
+    logits = masks[0] * 3
+    det = segment.from_logits(logits, tree)
+    np.testing.assert_array_equal(det["labels"], tree.labels(np.asarray(det["probs"])))

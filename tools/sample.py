@@ -2,11 +2,14 @@
 
   python tools/sample.py --model=MODEL --input=FILE|DIR|GLOB --output=OUT
       [--sampler=ddim|ddpm|multiscale] [--steps=N] [--ensemble=N] [--seed=S]
+      [--level=leaves|all|L]
 
 Needs jax, numpy, nibabel, scipy and matplotlib only: with --route=exported (the default
 where msseg's model code is not importable) the exported sampler runs alone. Writes per
-input <name>_seg.nii.gz, <name>_uncertainty.nii.gz, <name>_qc.png and a volumes.csv row;
-a bad input is reported and skipped, and the exit code is 1 if any failed.
+input <name>_seg.nii.gz (the leaves, or tree level L with --level=L; with --level=all also
+<name>_seg_level<l>.nii.gz for every level l, coarse to fine), <name>_uncertainty.nii.gz,
+<name>_qc.png and a volumes.csv row (mm³ per leaf, tree node and named set); a bad input
+is reported and skipped, and the exit code is 1 if any failed.
 """
 
 import os
@@ -27,6 +30,12 @@ flags.DEFINE_integer("seed", 0, "Random seed (same seed, same segmentation).")
 flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
 flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
 flags.DEFINE_integer("depth", 0, "Enter the U-Net at this depth (input at 2^depth x spacing).")
+flags.DEFINE_string(
+    "level",
+    "leaves",
+    "Segmentation written to <name>_seg: 'leaves', a tree level number (0 = coarsest), or "
+    "'all' (leaves, plus <name>_seg_level<l> for every level).",
+)
 flags.DEFINE_enum(
     "route",
     "auto",
@@ -52,6 +61,7 @@ def main(argv):
     from msseg.inference import predict  # noqa: PLC0415
 
     try:
+        level = predict.parse_level(FLAGS.level)
         model, cfg = model_lib.open_model(
             FLAGS.model,
             FLAGS.route,
@@ -61,11 +71,12 @@ def main(argv):
             eta=FLAGS.eta,
             fusion=FLAGS.fusion,
         )
+        predict.check_level(level, model.protocol)
         inputs = predict.find_inputs(FLAGS.input)
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"sample.py: {e}")
     logging.info("sample: %d input(s), route %s, %s", len(inputs), model.route, cfg)
-    opts = predict.Options(cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, FLAGS.depth)
+    opts = predict.Options(cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, FLAGS.depth, level)
     try:
         done, failures = predict.run(model, inputs, FLAGS.output, opts)
     except (InputError, ValueError) as e:  # settings, checked before the first file

@@ -7,6 +7,10 @@ as one batch of N x B; it is fused by the mean of the probabilities or by majori
 and gives voxel-wise predictive entropy (of the mean probabilities, nats) and the sample
 variance of the probabilities (mean over leaves). Same key, same result.
 
+Labels come from probabilities by `tree_labels`: top-down through the protocol's tree levels
+(`labels.LevelTables`, passed as `tree`), so a voxel's leaf always lies under the node chosen
+at every coarser level; `tree=None` is the plain argmax over leaves (a flat protocol).
+
 Coarse-to-fine ("multiscale"): sample at `coarse_depth` c (image average-pooled by 2^c,
 entering the U-Net at depth c) with `coarse_steps` DDIM steps; then for each finer depth,
 upsample the estimate (nearest), noise it to `refine_t` by q_sample and run a truncated
@@ -34,6 +38,7 @@ from msseg.diffusion.losses import x0_to_probs
 from msseg.models.resize import downsample, upsample
 
 if TYPE_CHECKING:
+    from msseg.labels import LevelTables
     from msseg.models.unet import MultiscaleUNet
 
 ChainFn = Callable[..., jax.Array]
@@ -164,26 +169,46 @@ def chain_masks(
     return x0[:, : spatial[0], : spatial[1], : spatial[2]]
 
 
-def fuse(masks: jax.Array, fusion: str) -> dict[str, jax.Array]:
+def tree_labels(probs: jax.Array, tree: LevelTables | None = None) -> jax.Array:
+    """Leaf probabilities [..., K] → [...] int32 leaf ids, decided top-down through `tree`.
+
+    At each level (coarse to fine), among the children of the id chosen at the level above,
+    the one with the largest marginal (sum of its leaves' probabilities) wins; ties go to the
+    lowest id. The last level is the leaves. `tree=None` or one level: the argmax.
+    """
+    if tree is None or tree.num_levels == 1:
+        return jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    choice = None
+    for level in range(tree.num_levels):
+        if level == tree.num_levels - 1:
+            m = probs  # the leaf level: positions are leaf ids
+        else:
+            sums = jnp.asarray(tree.leaf_sums(level), probs.dtype)
+            m = jnp.matmul(probs, sums, precision=jax.lax.Precision.HIGHEST)
+        if choice is not None:
+            m = jnp.where(tree.parent_index[level] == choice[..., None], m, -jnp.inf)
+        choice = jnp.argmax(m, axis=-1)
+    return choice.astype(jnp.int32)
+
+
+def fuse(masks: jax.Array, fusion: str, tree: LevelTables | None = None) -> dict[str, jax.Array]:
     """[N, B, X, Y, Z, K] sampled masks → fused labels, probabilities, entropy and variance.
 
-    Returns labels [B, X, Y, Z] int32, probs [B, X, Y, Z, K] (mean of the members'
-    probabilities; for "vote", the members' vote shares), entropy [B, X, Y, Z] of the mean
-    probabilities, variance [B, X, Y, Z] (sample variance of the probabilities, mean over K).
+    Returns labels [B, X, Y, Z] int32 (`tree_labels` of probs), probs [B, X, Y, Z, K] (mean
+    of the members' probabilities; for "vote", the shares of the members' own `tree_labels`),
+    entropy [B, X, Y, Z] of the mean probabilities, variance [B, X, Y, Z] (sample variance
+    of the probabilities, mean over K).
     """
     p = x0_to_probs(masks)
     mean = p.mean(axis=0)
     k = masks.shape[-1]
-    if fusion == "vote":
-        votes = jax.nn.one_hot(jnp.argmax(p, axis=-1), k).mean(axis=0)
-        labels, probs = jnp.argmax(votes, axis=-1), votes
-    else:
-        labels, probs = jnp.argmax(mean, axis=-1), mean
+    probs = jax.nn.one_hot(tree_labels(p, tree), k).mean(axis=0) if fusion == "vote" else mean
+    labels = tree_labels(probs, tree)
     entropy = -(mean * jnp.log(jnp.maximum(mean, 1e-12))).sum(axis=-1)
     n = masks.shape[0]
     variance = (p.var(axis=0) * n / max(n - 1, 1)).mean(axis=-1)
     return {
-        "labels": labels.astype(jnp.int32),
+        "labels": labels,
         "probs": probs,
         "entropy": entropy,
         "variance": variance,
@@ -216,26 +241,32 @@ def segment(
     cfg: SamplerConfig,
     target: sch.Target,
     entry_depth: int = 0,
+    tree: LevelTables | None = None,
 ) -> dict[str, jax.Array]:
     """[B, X, Y, Z, C] image → `fuse` of an ensemble of cfg.ensemble sampled masks."""
     chain = model_chain(model, params, s, target, cfg.clip_x0)
     k, depths = model.cfg.num_classes, model.cfg.num_depths
-    return fuse(ensemble_masks(chain, image, key, s, cfg, k, depths, entry_depth), cfg.fusion)
+    masks = ensemble_masks(chain, image, key, s, cfg, k, depths, entry_depth)
+    return fuse(masks, cfg.fusion, tree)
 
 
 def segment_deterministic(
-    model: MultiscaleUNet, params, image: jax.Array, entry_depth: int = 0
+    model: MultiscaleUNet,
+    params,
+    image: jax.Array,
+    entry_depth: int = 0,
+    tree: LevelTables | None = None,
 ) -> dict[str, jax.Array]:
     """The deterministic segmenter's output in `segment`'s format (variance is zero)."""
-    return from_logits(model.apply(params, image, entry_depth=entry_depth)[0])
+    return from_logits(model.apply(params, image, entry_depth=entry_depth)[0], tree)
 
 
-def from_logits(logits: jax.Array) -> dict[str, jax.Array]:
-    """[B, X, Y, Z, K] logits → `segment`'s format: softmax probabilities, argmax labels,
-    their entropy, zero variance."""
+def from_logits(logits: jax.Array, tree: LevelTables | None = None) -> dict[str, jax.Array]:
+    """[B, X, Y, Z, K] logits → `segment`'s format: softmax probabilities, their
+    `tree_labels`, their entropy, zero variance."""
     probs = jax.nn.softmax(logits, axis=-1)
     entropy = -(probs * jnp.log(jnp.maximum(probs, 1e-12))).sum(axis=-1)
-    labels = jnp.argmax(probs, axis=-1).astype(jnp.int32)
+    labels = tree_labels(probs, tree)
     return {
         "labels": labels,
         "probs": probs,

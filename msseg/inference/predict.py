@@ -4,10 +4,14 @@ Per input file: load (canonical RAS+), `prepare_image` (resample to the model's 
 crop the head, normalise: the training preprocessing), pad to the window, segment every
 window (one jitted call per batch of windows, ensembles inside), blend with Gaussian
 weights, then map the blended leaf probabilities back onto the input's own grid (linear
-interpolation of each leaf's probability with a running argmax, background outside the
-crop) and write:
+interpolation of each leaf's probability, background outside the crop, chunk by chunk) and
+decide each voxel's leaf top-down through the protocol's tree levels (a leaf always lies
+under the node chosen at every coarser level), and write:
 
-- `<name>_seg.nii.gz`: raw label codes on the input's grid and affine;
+- `<name>_seg.nii.gz`: raw label codes on the input's grid and affine: the leaves, or the
+  ids of one tree level (`Options.level`);
+- `<name>_seg_level<l>.nii.gz`: with `level="all"`, the ids of every tree level l (coarse
+  to fine), each the leaf map mapped to its ancestors in that level;
 - `<name>_uncertainty.nii.gz`: predictive entropy (nats) of the fused probabilities;
 - `<name>_qc.png`: three mid slices with the segmentation over the image;
 - one row of `volumes.csv`: mm³ per leaf and per tree node / named set.
@@ -21,6 +25,7 @@ import dataclasses
 import glob
 import io as _io
 import os
+import re
 import time
 import zlib
 from pathlib import Path
@@ -37,6 +42,13 @@ from msseg.diffusion import segment as seg
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
 from msseg.inference import window
+from msseg.labels import LevelTables, Protocol
+
+LEVELS = ("leaves", "all")
+"""`Options.level` besides a tree level number: the leaves only, or the leaves and every level."""
+
+CHUNK_VALUES = 1 << 24
+"""Leaf probabilities held at once on the input's grid by `to_native` (float32 values)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,38 @@ class Options:
     overlap: float = 0.5
     batch: int = 1  # windows per compiled call (the ensemble multiplies it)
     depth: int = 0  # enter at this depth: the input is resampled to spacing * 2^depth
+    level: int | str = "leaves"  # "leaves" | "all" | a tree level (0 = coarsest)
+
+    def __post_init__(self):
+        level = self.level
+        if isinstance(level, str):
+            ok = level in LEVELS
+        else:
+            ok = isinstance(level, int) and not isinstance(level, bool) and level >= 0
+        if not ok:
+            raise ValueError(
+                f"level must be 'leaves', 'all' or a tree level number, got {self.level!r}"
+            )
+
+
+def parse_level(text: str) -> int | str:
+    """A `--level` value: "leaves", "all" or a tree level number (>= 0)."""
+    text = text.strip()
+    if text in LEVELS:
+        return text
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(f"level must be 'leaves', 'all' or a tree level number, got {text!r}")
+    return int(text)
+
+
+def check_level(level: int | str, protocol: Protocol) -> None:
+    """Raises ValueError if `level` is a number outside the protocol's tree levels."""
+    n = len(protocol.levels())
+    if not isinstance(level, str) and not 0 <= level < n:
+        raise ValueError(
+            f"level {level} is out of range: protocol {protocol.name!r} has tree levels "
+            f"0..{n - 1} (coarse to fine)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +116,12 @@ class Segmenter:
     """A model plus sampler options; compiles one batched call per window shape.
 
     Settings are checked here, before any file is read: the entry depths the sampler needs,
-    the overlap, and the DDIM steps against the schedule.
+    the overlap, the output level, and the DDIM steps against the schedule. Labels are
+    decided top-down through the model's protocol tree.
     """
 
     def __init__(self, model: model_lib.LoadedModel, opts: Options):
+        check_level(opts.level, model.protocol)
         if not 0 <= opts.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {opts.overlap}")
         if opts.batch < 1:
@@ -85,6 +131,7 @@ class Segmenter:
         self.model, self.opts = model, opts
         self.fn = model_lib.segment_batch(model, opts.sampler, opts.depth)
         self.patch = tuple(p // 2**opts.depth for p in model.patch)
+        self.tree = model.protocol.level_tables()
 
     def segment_array(self, image: np.ndarray, key: jax.Array) -> tuple[np.ndarray, ...]:
         """Prepared image [X, Y, Z] → (probs [X, Y, Z, K], entropy [X, Y, Z], windows).
@@ -122,7 +169,7 @@ class Segmenter:
             )
         prepared, _ = prepare_image(volume, cfg)
         probs, entropy, n = self.segment_array(prepared.image, key)
-        labels, ent = to_native(probs, entropy, prepared, volume)
+        labels, ent = to_native(probs, entropy, prepared, volume, self.tree)
         name = output_name(volume.path)
         return Result(name, labels, ent, volume, time.perf_counter() - start, n)
 
@@ -131,26 +178,51 @@ class Segmenter:
         return self.segment_volume(io.load_image(path), file_key(key, output_name(path)))
 
 
-def to_native(probs, entropy, prepared, volume: io.Volume) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities [X', Y', Z', K] and entropy on the cropped model grid → (leaf ids, entropy)
-    on the volume's canonical grid: per leaf, the probability placed in the resampled grid
-    (background 1 outside the crop) and interpolated linearly; running argmax."""
-    shape = volume.data.shape
-    box = tuple(slice(a, b) for a, b in prepared.box)
+def to_native(
+    probs: np.ndarray,
+    entropy: np.ndarray,
+    prepared,
+    volume: io.Volume,
+    tree: LevelTables | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities [X', Y', Z', K] and entropy on the cropped model grid → (leaf ids [X, Y,
+    Z] uint8, entropy) on the volume's canonical grid.
 
-    def full(values: np.ndarray, outside: float) -> np.ndarray:
-        out = np.full(prepared.resampled_shape, outside, np.float32)
-        out[box] = values
-        return io.resample_to_grid(out, prepared.resampled_affine, volume.affine, shape, order=1)
+    Each leaf's probability is placed in the resampled grid (background 1 outside the crop)
+    and interpolated linearly; the leaf is decided by `tree.labels` (top-down through the
+    tree levels; None: argmax). The volume is done in slabs of at most `CHUNK_VALUES` leaf
+    probabilities, so memory is bounded whatever K.
+    """
+    shape = tuple(volume.data.shape)
+    k = probs.shape[-1]
+    # One voxel of the outside value around the crop (where the crop is not at the edge of
+    # the resampled grid) gives the same interpolation as the whole resampled grid would.
+    pad = [
+        (int(lo > 0), int(hi < n))
+        for (lo, hi), n in zip(prepared.box, prepared.resampled_shape, strict=True)
+    ]
+    shift = np.eye(4)
+    shift[:3, 3] = [lo - before for (lo, _), (before, _) in zip(prepared.box, pad, strict=True)]
+    source = np.asarray(prepared.resampled_affine, np.float64) @ shift
 
+    def padded(values: np.ndarray, outside: float) -> np.ndarray:
+        return np.pad(np.asarray(values, np.float32), pad, constant_values=outside)
+
+    leaves = [padded(probs[..., j], 1.0 if j == 0 else 0.0) for j in range(k)]
     labels = np.zeros(shape, np.uint8)
-    best = np.full(shape, -1.0, np.float32)
-    for k in range(probs.shape[-1]):
-        p = full(probs[..., k], 1.0 if k == 0 else 0.0)
-        better = p > best
-        best[better] = p[better]
-        labels[better] = k
-    return labels, full(entropy, 0.0)
+    step = max(1, CHUNK_VALUES // (k * shape[1] * shape[2]))
+    for x0 in range(0, shape[0], step):
+        n = min(step, shape[0] - x0)
+        offset = np.eye(4)
+        offset[0, 3] = x0
+        target = np.asarray(volume.affine, np.float64) @ offset
+        chunk = np.empty((k, n, *shape[1:]), np.float32)
+        for j in range(k):
+            chunk[j] = io.resample_to_grid(leaves[j], source, target, chunk.shape[1:], order=1)
+        p = np.moveaxis(chunk, 0, -1)
+        labels[x0 : x0 + n] = p.argmax(-1) if tree is None else tree.labels(p)
+    ent = io.resample_to_grid(padded(entropy, 0.0), source, volume.affine, shape, order=1)
+    return labels, ent
 
 
 def volumes_row(result: Result, protocol) -> dict[str, float]:
@@ -180,12 +252,16 @@ def write_volumes(path: Path, rows: list[dict]) -> None:
     _atomic_bytes(path, buf.getvalue().encode())
 
 
-def qc_png(path: Path, result: Result, protocol) -> None:
-    """Axial, coronal and sagittal mid slices of the image with the segmentation overlaid."""
+def qc_png(
+    path: Path, result: Result, protocol, ids: np.ndarray | None = None, background: int = 0
+) -> None:
+    """Axial, coronal and sagittal mid slices of the image with an id map overlaid (default:
+    the leaves; `background`: the id left transparent)."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    image, labels = result.volume.data, result.labels
-    colours = protocol.colours()[: protocol.num_leaves].astype(np.float32) / 255
+    image = result.volume.data
+    labels = result.labels if ids is None else ids
+    colours = protocol.colours().astype(np.float32) / 255
     fig = Figure(figsize=(12, 4.2), dpi=80)
     c = [n // 2 for n in image.shape]
     views = {
@@ -199,7 +275,7 @@ def qc_png(path: Path, result: Result, protocol) -> None:
         ax.imshow(img.T, cmap="gray", origin="lower", vmin=lo, vmax=hi)
         rgba = np.zeros((*lab.shape, 4), np.float32)
         rgba[..., :3] = colours[lab]
-        rgba[..., 3] = np.where(lab > 0, 0.45, 0.0)
+        rgba[..., 3] = np.where(lab != background, 0.45, 0.0)
         ax.imshow(np.transpose(rgba, (1, 0, 2)), origin="lower")
         ax.set_title(f"{result.name}: {title}")
         ax.axis("off")
@@ -208,20 +284,42 @@ def qc_png(path: Path, result: Result, protocol) -> None:
     _atomic_bytes(path, buf.getvalue())
 
 
-def write_outputs(out_dir: Path, result: Result, protocol) -> list[Path]:
-    """The seg, uncertainty and QC files of one result (volumes.csv is written per batch)."""
+def level_path(out_dir: Path, name: str, level: int) -> Path:
+    """Where `level="all"` writes tree level `level` of input `name`."""
+    return out_dir / f"{name}_seg_level{level}.nii.gz"
+
+
+def write_outputs(
+    out_dir: Path, result: Result, protocol: Protocol, level: int | str = "leaves"
+) -> list[Path]:
+    """The seg (at `level`, see `Options`), uncertainty and QC files of one result
+    (volumes.csv is written per batch). Level files of an earlier run that this `level`
+    does not write are removed, so every file of `name` comes from the same result."""
+    check_level(level, protocol)
     out_dir.mkdir(parents=True, exist_ok=True)
     seg_path = out_dir / f"{result.name}_seg.nii.gz"
     unc_path = out_dir / f"{result.name}_uncertainty.nii.gz"
     png_path = out_dir / f"{result.name}_qc.png"
-    io.save_label(seg_path, protocol.decode(result.labels), result.volume.source)
+    table = protocol.level_of_leaves()  # [L, K] the id of each leaf at each level
+    ids, background = result.labels, 0
+    if not isinstance(level, str):
+        ids, background = table[level][result.labels], int(table[level][0])
+    io.save_label(seg_path, protocol.decode(ids), result.volume.source)
+    paths = [seg_path]
+    for lev in range(len(table)):
+        path = level_path(out_dir, result.name, lev)
+        if level == "all":
+            io.save_label(path, protocol.decode(table[lev][result.labels]), result.volume.source)
+            paths.append(path)
+        else:
+            path.unlink(missing_ok=True)
     io.save_image(unc_path, result.entropy, result.volume.source)
-    qc_png(png_path, result, protocol)
+    qc_png(png_path, result, protocol, ids, background)
     logging.info("sample: wrote %s", seg_path)
-    return [seg_path, unc_path, png_path]
+    return [*paths, unc_path, png_path]
 
 
-OUTPUT_SUFFIXES = ("_seg", "_uncertainty")
+_OUTPUT_NAME = re.compile(r"_(seg|seg_level\d+|uncertainty)$")  # sample.py's own outputs
 
 
 def find_inputs(spec: str) -> list[Path]:
@@ -232,7 +330,7 @@ def find_inputs(spec: str) -> list[Path]:
         files = [
             p for p in path.iterdir() if p.is_file() and p.name.endswith(datasets.NIFTI_SUFFIXES)
         ]
-        files = [p for p in files if not output_name(p).endswith(OUTPUT_SUFFIXES)]
+        files = [p for p in files if not _OUTPUT_NAME.search(output_name(p))]
     elif path.exists():
         files = [path]
     else:
@@ -269,21 +367,23 @@ def run(
 ) -> tuple[list[Done], list[tuple[Path, str]]]:
     """Segments every input into `output`; a failing file is logged, its partial outputs are
     removed, and the batch goes on. Returns (done, failures as (path, message))."""
+    segmenter = Segmenter(model, opts)  # checks the settings before anything is written
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    segmenter = Segmenter(model, opts)
     key = jax.random.key(opts.seed)
     done, failures, rows = [], [], []
     for i, path in enumerate(inputs, 1):
         name = output_name(path)
         try:
             result = segmenter.segment_file(path, key)
-            write_outputs(out, result, model.protocol)
+            write_outputs(out, result, model.protocol, opts.level)
             rows.append(volumes_row(result, model.protocol))
             _merge_volumes(out / "volumes.csv", rows)
         except Exception as e:  # noqa: BLE001 — one bad file must not stop the batch
             for suffix in ("_seg.nii.gz", "_uncertainty.nii.gz", "_qc.png"):
                 (out / f"{name}{suffix}").unlink(missing_ok=True)
+            for lev in range(len(model.protocol.levels())):
+                level_path(out, name, lev).unlink(missing_ok=True)
             failures.append((path, f"{type(e).__name__}: {e}"))
             logging.error("sample: [%d/%d] %s failed: %s", i, len(inputs), path, e)
             continue
