@@ -280,6 +280,7 @@ def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exp
             f"--output={out}",
             "--steps=2",
             "--ensemble=2",
+            "--level=all",
             f"--compilation_cache={tmp_path / 'jaxcache'}",
         ],
         env=env,
@@ -295,6 +296,12 @@ def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exp
     seg = nib.load(out / "case_seg.nii.gz")
     np.testing.assert_allclose(seg.affine, nib.load(inputs / "case.nii.gz").affine, atol=1e-5)
     assert (out / "case_uncertainty.nii.gz").is_file() and (out / "case_qc.png").is_file()
+    # every tree level, each voxel's leaf under its level's id (mni-tissue raw codes)
+    leaf = np.asarray(seg.dataobj)
+    brain = np.asarray(nib.load(out / "case_seg_level0.nii.gz").dataobj)
+    tissue = np.asarray(nib.load(out / "case_seg_level1.nii.gz").dataobj)
+    assert set(np.unique(brain)) <= {0, 7} and ((leaf > 0) == (brain == 7)).all()
+    np.testing.assert_array_equal(tissue, np.array([0, 8, 9, 10, 8, 9, 10])[leaf])
     vols = (out / "volumes.csv").read_text().splitlines()
     assert len(vols) == 2 and vols[0].startswith("case,")
     report = tmp_path / "report"

@@ -195,3 +195,71 @@ def test_train_binary_says_what_is_wrong_with_a_bad_override(tmp_path):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert "stepz" in r.stderr and 'Did you mean "steps"' in r.stderr
+
+
+@pytest.mark.slow
+def test_datasets_with_different_label_sets_train_together(tiny_mni_cache, tmp_path):
+    """A leaf-labelled dataset and a tissue-only one (declared by name in dataset.json) make
+    one cache, mixed batches and one finite training run."""
+    import nibabel as nib
+
+    full = dataset_of(tiny_mni_cache)
+    meta = json.loads((Path(full) / "dataset.json").read_text())
+    coarse = tmp_path / "coarse"
+    coarse.mkdir()
+    entries = []
+    to_tissue = np.array([0, 1, 2, 3, 1, 2, 3], np.uint8)  # sides dropped: 1 CSF, 2 GM, 3 WM
+    for i, e in enumerate(meta["training"]):
+        img, lab = nib.load(Path(full) / e["image"]), nib.load(Path(full) / e["label"])
+        nib.save(img, coarse / f"coarse_{i:03d}.nii.gz")  # a new case id, same scan
+        codes = to_tissue[np.asarray(lab.dataobj).astype(int)]
+        nib.save(nib.Nifti1Image(codes, lab.affine), coarse / f"coarse_{i:03d}_seg.nii.gz")
+        entries.append({"image": f"coarse_{i:03d}.nii.gz", "label": f"coarse_{i:03d}_seg.nii.gz"})
+    (coarse / "dataset.json").write_text(
+        json.dumps(
+            {
+                "protocol": "mni-tissue",
+                "labels": {"0": "Background", "1": "CSF", "2": "GM", "3": "WM"},
+                "training": entries,
+            }
+        )
+    )
+    c = tiny_config(tiny_mni_cache, steps=3, checkpoint_every=0)
+    c.data.cache = str(tmp_path / "cache")
+    c.data.spec = f"{full},{coarse}"
+    c.data.val_fraction = 0.0
+    c.data.pipeline.batch_size = 4
+    c.train.mesh_data = 4
+    out = train(c, tmp_path / "run")
+    assert out["step"] == 3 and np.isfinite(out["val_dice"])
+    assert all(np.isfinite(v) for v in _losses(tmp_path / "run").values())
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    protocol = get_protocol("mni-tissue")
+    nodes = {protocol.id_of(n) for n in ("CSF", "GM", "WM")}
+    coarse_ids = set()
+    for cid, rec in manifest["cases"].items():
+        ids = set(np.unique(np.load(tmp_path / "cache" / rec["files"]["label"])).tolist())
+        if cid.startswith("coarse_"):
+            coarse_ids |= ids
+            assert ids <= nodes | {0}
+        else:
+            assert ids <= set(range(7))
+    assert coarse_ids == nodes | {0}
+    # the stream mixes both label sets in its batches
+    from msseg.data import pipeline
+
+    cfg = pipeline.PipelineConfig(patch_size=(16, 16, 16), batch_size=4, num_depths=2)
+    it = iter(
+        pipeline.make_dataset(
+            str(tmp_path / "cache"),
+            "train",
+            cfg,
+            seed=0,
+            shard=pipeline.grain.sharding.NoSharding(),
+        )
+    )
+    mixed = [next(it)["label"] for _ in range(3)]
+    assert any(
+        any(set(np.unique(p)) & nodes for p in b) and any(set(np.unique(p)) & {2, 5} for p in b)
+        for b in mixed
+    )

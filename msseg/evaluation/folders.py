@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 from absl import logging
 
@@ -22,7 +23,7 @@ from msseg.errors import InputError
 from msseg.evaluation import metrics, plots, report
 
 _EXTENSIONS = (".nii.gz", ".nii")
-_SIDECARS = ("_uncertainty",)
+_SIDECAR = re.compile(r"_(uncertainty|seg_level\d+)$")  # sample.py's other outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,7 @@ def pair_files(pred_dir: str, ref_dir: str, images_dir: str | None = None) -> li
                     os.path.join(images_dir, f"{name}.nii.gz"), f"no image for reference {ref}"
                 )
         cases.append(CaseFiles(name=name, pred=pred, ref=ref, image=image))
-    unmatched = [p for n, p in preds.items() if p not in owner and not n.endswith(_SIDECARS)]
+    unmatched = [p for n, p in preds.items() if p not in owner and not _SIDECAR.search(n)]
     if unmatched:
         more = f" ({len(unmatched) - 1} more unmatched)" if len(unmatched) > 1 else ""
         raise InputError(unmatched[0], f"prediction has no reference in {ref_dir}{more}")

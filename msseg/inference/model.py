@@ -225,13 +225,15 @@ def segment_batch(model: LoadedModel, cfg: seg.SamplerConfig, depth: int = 0):
                 model.num_depths,
                 depth,
             )
-            return seg.fuse(masks, cfg.fusion)
+            return seg.fuse(masks, cfg.fusion, model.protocol.level_tables())
 
     else:
 
         def run(params, images, key):
             del key
-            return seg.from_logits(model.logits(params)(images, depth))
+            return seg.from_logits(
+                model.logits(params)(images, depth), model.protocol.level_tables()
+            )
 
     return jax.jit(run)
 

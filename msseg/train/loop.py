@@ -199,7 +199,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         cache, "val", tcfg.val_depths, 2 ** (setup.model.cfg.num_depths - 1), tcfg.val_cases
     )
     segmenter = validate.make_segmenter(
-        setup.model, setup.schedule, setup.sampler, setup.loss.target, tcfg.val_mode
+        setup.model,
+        setup.schedule,
+        setup.sampler,
+        setup.loss.target,
+        tcfg.val_mode,
+        setup.protocol.level_tables(),
     )
     log = MetricsLog(workdir, tcfg.steps, int(state.step))
     global_batch = pcfg.batch_size * jax.process_count()

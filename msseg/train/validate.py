@@ -68,15 +68,17 @@ def make_segmenter(
     sampler: seg.SamplerConfig,
     target: sch.Target,
     mode: str,
+    tree: labels_lib.LevelTables | None = None,
 ):
-    """jit-able `(params, images, key, depth) -> [N, ...] leaf ids` at entry depth `depth`."""
+    """jit-able `(params, images, key, depth) -> [N, ...] leaf ids` at entry depth `depth`
+    (decided top-down through the label tree when `tree` is given)."""
 
     def run(params, images, key, depth: int):
         x = downsample(images, 2**depth)
         if mode == "deterministic" or not model.cfg.diffusion:
-            out = seg.segment_deterministic(model, params, x, depth)
+            out = seg.segment_deterministic(model, params, x, depth, tree)
         else:
-            out = seg.segment(model, params, x, key, s, sampler, target, depth)
+            out = seg.segment(model, params, x, key, s, sampler, target, depth, tree)
         return out["labels"]
 
     return jax.jit(run, static_argnums=(3,))
