@@ -13,9 +13,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.spec = (
-        "mni152"  # folder (dataset.json or imagesTr/labelsTr) or "mni152"; a,b,...: several
-    )
+    # a folder (dataset.json or imagesTr/labelsTr) or "mni152"; several joined by commas
+    c.data.spec = "mni152"
     c.data.protocol = ""  # "" = what the dataset declares
     c.data.cache = ""  # preprocessed cache folder; "" = <workdir>/cache
     c.data.spacing = (2.0, 2.0, 2.0)  # mm
