@@ -251,3 +251,35 @@ def test_mixed_label_sets_batch_together():
         lg[0] = lg[0][..., swap]  # the fully labelled sample does notice
     both, _ = losses.segmentation_loss(tuple(map(jnp.asarray, logits)), f, cfg, SPACE)
     assert abs(float(both) - float(base)) > 1e-3
+
+
+@pytest.mark.parametrize("target", list(sch.Target))
+def test_a_node_label_regresses_the_marginal_mask(target):
+    """A "GM" voxel: any left/right split of a GM prediction costs nothing in the diffusion
+    regression; mass outside GM does. With leaf labels it is the plain squared error."""
+    ids = np.zeros((1, 4, 4, 4), np.uint8)
+    ids[0, :2] = GM
+    ids[0, 2:] = L_GM
+    f = SPACE.one_hot(jnp.asarray(ids))
+    t = jnp.array([30])
+    eps = jnp.zeros((*ids.shape, 7))
+    x_t = sch.q_sample(S, 2 * SPACE.leaf_spread(f) - 1, t, eps)
+    cfg = losses.LossConfig(target=target)
+
+    def mse(x0):
+        x0 = jnp.asarray(x0, jnp.float32)
+        pred = sch.target_from(S, x0, sch.to_x0_eps(S, x_t, t, x0, sch.Target.X0)[1], t, target)
+        return float(losses.diffusion_loss(S, (pred,), f, x_t, eps, t, cfg, SPACE)[1]["mse/depth0"])
+
+    x0 = -np.ones((*ids.shape, 7), np.float32)
+    x0[0, 2:, ..., L_GM] = 1.0  # the leaf voxels exact
+    split = np.random.default_rng(18).uniform(0, 1, (2, 4, 4))
+    x0[0, :2, ..., L_GM], x0[0, :2, ..., R_GM] = 2 * split - 1, 1 - 2 * split  # sums to 1
+    assert mse(x0) < 1e-8
+    off = x0.copy()
+    off[0, :2, ..., 0] = 0.0  # some background mass at the GM voxels
+    assert mse(off) > 1e-3
+    # a leaf-labelled voxel still pays for a wrong side
+    wrong = x0.copy()
+    wrong[0, 2:, ..., L_GM], wrong[0, 2:, ..., R_GM] = -1.0, 1.0
+    assert mse(wrong) > 1e-2

@@ -14,10 +14,12 @@ by 2^i at coarse depths; IGNORE is an all-zero row. A voxel labelled with a node
 - soft Dice per label u over the voxels that decide u (labelled inside u or outside it; a
   partial label straddling u says nothing about u), averaged over the leaves and the partial
   ids present in the sample; with leaf labels only this is the usual soft Dice over leaves;
-- diffusion regression: masked (weight = the leaf-labelled fraction). A partial voxel has no
-  one-hot x0 to regress to; the uniform spread over S would teach "50 % left, 50 % right".
-  Its noising input x0 is that spread (the mean of S's one-hots, the state the sampler's
-  own uncertain x0 estimates pass through), so the model's input stays smooth.
+- diffusion regression: a partial voxel has no one-hot x0 to regress to (the uniform spread
+  over S would teach "50 % left, 50 % right"), but its *marginal* mask is known: the
+  predicted x0 is regressed on sum_{k in S} (x0_k + 1) / 2 = 1 and x0_k = -1 for k outside
+  S, in x0 units: sum_{k not in S} (x0_k + 1)^2 + (sum_{k in S} (x0_k + 1) - 2)^2, which is
+  the plain squared error when S is one leaf. Its noising input x0 is the spread (the mean
+  of S's one-hots, the state the sampler's own uncertain x0 estimates pass through).
 
 Both terms depend on the predicted leaf probabilities of S only through their sum, so the
 gradient of the loss with respect to p_k is the same for every k in S: nothing pushes one
@@ -156,9 +158,36 @@ def soft_dice_loss(
     return 1.0 - (dice * scored).sum() / scored.sum()
 
 
-def _weighted_mse(pred: jax.Array, target: jax.Array, w: jax.Array) -> jax.Array:
-    w = w[..., None]
-    return (w * (pred - target) ** 2).sum() / jnp.maximum(w.sum() * pred.shape[-1], EPS)
+def _weighted_mse(
+    pred: jax.Array,
+    target: jax.Array,
+    w: jax.Array,
+    partial: tuple[jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """Mean squared error per labelled channel: w [...] weights each cell's leaf-labelled
+    part; `partial` = (summed squared errors, weight) of the partially labelled part."""
+    err, norm = (w[..., None] * (pred - target) ** 2).sum(), w.sum()
+    if partial is not None:
+        err, norm = err + partial[0].sum(), norm + partial[1].sum()
+    return err / jnp.maximum(norm * pred.shape[-1], EPS)
+
+
+def marginal_sq_error(
+    x0_hat: jax.Array, f: jax.Array, space: LabelSpace
+) -> tuple[jax.Array, jax.Array]:
+    """The x0 regression of partially labelled cells on their marginal masks.
+
+    For each partial id v (a node or named set) with fraction f_v of a cell:
+    f_v * [sum_{k not in v} (x0_k + 1)^2 + (sum_{k in v} (x0_k + 1) - 2)^2]. Returns the
+    per-cell sum [...] and the partial fraction [...]; both zero without partial labels.
+    """
+    k = space.num_leaves
+    member = space.member[k:]  # [P, K]
+    part = f[..., k:]  # [..., P]
+    a = x0_hat + 1.0
+    inside = a @ member.T
+    outside = (a * a) @ (1.0 - member).T
+    return (part * (outside + (inside - 2.0) ** 2)).sum(axis=-1), part.sum(axis=-1)
 
 
 def diffusion_loss(
@@ -186,9 +215,15 @@ def diffusion_loss(
     for i, pred in enumerate(preds):
         x0_i = 2.0 * sp.leaf_spread(fs[i]) - 1.0
         target = sch.target_from(s, x0_i, epss[i], t, cfg.target)
-        terms = {"mse": _weighted_mse(pred, target, sp.leaf_fraction(fs[i]))}
-        if cfg.ce_weight or cfg.dice_weight:
+        x0_hat = None
+        if cfg.ce_weight or cfg.dice_weight or not sp.flat:
             x0_hat, _ = sch.to_x0_eps(s, xts[i], t, pred, cfg.target)
+        partial = None
+        if not sp.flat:  # in the target's units, like the leaf part
+            err, w = marginal_sq_error(x0_hat, fs[i], sp)
+            partial = (err * sch.x0_error_scale(s, t, cfg.target, err), w)
+        terms = {"mse": _weighted_mse(pred, target, sp.leaf_fraction(fs[i]), partial)}
+        if cfg.ce_weight or cfg.dice_weight:
             p = x0_to_probs(jnp.clip(x0_hat, -1.0, 1.0))
             terms["ce"] = cross_entropy(p, fs[i], sp)
             terms["dice"] = soft_dice_loss(p, fs[i], sp)

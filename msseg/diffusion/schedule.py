@@ -225,6 +225,18 @@ def to_x0_eps(
     raise ValueError(f"unknown target {target!r}")
 
 
+def x0_error_scale(s: Schedule, t: jax.Array, target: Target, x: jax.Array) -> jax.Array:
+    """The squared factor that turns an error in x0 into `target`'s units at fixed x_t
+    (1 for x0, ab / (1 - ab) for eps, 1 / (1 - ab) for v), shaped to broadcast with x."""
+    if target is Target.X0:
+        return jnp.ones((), jnp.float32)
+    if target is Target.EPS:
+        return _coef(s, "sqrt_recipm1_alphas_cumprod", t, x) ** -2
+    if target is Target.V:
+        return _coef(s, "sqrt_one_minus_alphas_cumprod", t, x) ** -2
+    raise ValueError(f"unknown target {target!r}")
+
+
 def target_from(
     s: Schedule, x0: jax.Array, eps: jax.Array, t: jax.Array, target: Target
 ) -> jax.Array:
