@@ -32,6 +32,27 @@ def at_depth(
     return downsample(batch["image"], f), downsample(space.one_hot(batch["label"]), f)
 
 
+def _objective(model, s, loss_cfg, space):
+    """(params, batch, key, entry_depth, train) → (loss, terms): the batch at that depth."""
+
+    def objective(params, batch: dict, key: jax.Array, entry_depth: int, train: bool):
+        image, f = at_depth(batch, entry_depth, space)
+        return losses.model_loss(
+            model,
+            params,
+            image,
+            f,
+            key,
+            s,
+            loss_cfg,
+            space=space,
+            entry_depth=entry_depth,
+            train=train,
+        )
+
+    return objective
+
+
 def make_train_step(
     model: MultiscaleUNet,
     s: sch.Schedule | None,
@@ -45,25 +66,15 @@ def make_train_step(
     space: the label ids the batch's labels use (default: the model's leaves only).
     """
     schedule = lr_schedule(cfg)
-    space = space or losses.LabelSpace.leaves(model.cfg.num_classes)
+    objective = _objective(
+        model, s, loss_cfg, space or losses.LabelSpace.leaves(model.cfg.num_classes)
+    )
 
     def train_step(state: TrainState, batch: dict, key: jax.Array, entry_depth: int = 0):
         key = jax.random.fold_in(key, state.step)
-        image, f = at_depth(batch, entry_depth, space)
 
         def loss_fn(params):
-            return losses.model_loss(
-                model,
-                params,
-                image,
-                f,
-                key,
-                s,
-                loss_cfg,
-                space=space,
-                entry_depth=entry_depth,
-                train=True,
-            )
+            return objective(params, batch, key, entry_depth, True)
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.tree.norm(grads)
@@ -102,22 +113,12 @@ def make_eval_step(
     space: losses.LabelSpace | None = None,
 ):
     """`eval_step(params, batch, key, entry_depth)`: the training objective without updates."""
-    space = space or losses.LabelSpace.leaves(model.cfg.num_classes)
+    objective = _objective(
+        model, s, loss_cfg, space or losses.LabelSpace.leaves(model.cfg.num_classes)
+    )
 
     def eval_step(params, batch: dict, key: jax.Array, entry_depth: int = 0):
-        image, f = at_depth(batch, entry_depth, space)
-        loss, terms = losses.model_loss(
-            model,
-            params,
-            image,
-            f,
-            key,
-            s,
-            loss_cfg,
-            space=space,
-            entry_depth=entry_depth,
-            train=False,
-        )
+        loss, terms = objective(params, batch, key, entry_depth, False)
         return {**_absolute_depths(terms, entry_depth), "loss": loss}
 
     return eval_step
