@@ -283,3 +283,26 @@ def test_a_node_label_regresses_the_marginal_mask(target):
     wrong = x0.copy()
     wrong[0, 2:, ..., L_GM], wrong[0, 2:, ..., R_GM] = -1.0, 1.0
     assert mse(wrong) > 1e-2
+
+
+def test_a_space_of_the_used_ids_gives_the_same_losses():
+    """Only leaves (and GM) in the data: the space of those ids trains exactly like the space
+    of every id, and a fully labelled set trains in the plain leaf space."""
+    ids = id_batch(19)
+    ids[0, :3] = GM
+    ids[1, 0] = IGNORE
+    small = losses.LabelSpace.from_protocol(MNI, [GM])
+    assert small.num_ids == 8 and not small.flat
+    assert losses.LabelSpace.from_protocol(MNI, []).flat
+    rng = np.random.default_rng(20)
+    p = jnp.asarray(rng.dirichlet(np.ones(7), ids.shape).astype(np.float32))
+    fa, fb = SPACE.one_hot(jnp.asarray(ids)), small.one_hot(jnp.asarray(ids))
+    for fn in (losses.cross_entropy, losses.soft_dice_loss):
+        np.testing.assert_allclose(float(fn(p, fa, SPACE)), float(fn(p, fb, small)), rtol=1e-6)
+    x0 = jnp.asarray(rng.uniform(-1, 1, (*ids.shape, 7)), jnp.float32)
+    ea, wa = losses.marginal_sq_error(x0, fa, SPACE)
+    eb, wb = losses.marginal_sq_error(x0, fb, small)
+    np.testing.assert_allclose(np.asarray(ea), np.asarray(eb), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(wa), np.asarray(wb))
+    # an id outside the space is unlabelled there
+    assert float(small.one_hot(jnp.asarray(np.uint8(MNI.id_of("WM")))).sum()) == 0

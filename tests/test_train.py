@@ -17,7 +17,7 @@ from msseg.diffusion import schedule as sch
 from msseg.labels import IGNORE, get_protocol
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import checkpoint, sharding, step, validate
-from msseg.train.loop import NonFiniteError, entry_depth, train
+from msseg.train.loop import NonFiniteError, entry_depth, train, used_ids
 from msseg.train.state import TrainConfig, create_state, make_optimizer
 
 ROOT = Path(__file__).parents[1]
@@ -245,6 +245,9 @@ def test_datasets_with_different_label_sets_train_together(tiny_mni_cache, tmp_p
         else:
             assert ids <= set(range(7))
     assert coarse_ids == nodes | {0}
+    # the loss works in the ids the data uses: the leaves and the three tissue nodes
+    assert used_ids(str(tmp_path / "cache"), protocol) == sorted(set(range(7)) | nodes)
+    assert used_ids(str(tiny_mni_cache), protocol) == list(range(7))
     # the stream mixes both label sets in its batches
     from msseg.data import pipeline
 

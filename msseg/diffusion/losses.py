@@ -30,6 +30,7 @@ the plain leaf losses (tests/test_losses.py). `space=None` means f is already ov
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,18 +70,30 @@ def pyramid(x: jax.Array, num_outputs: int) -> list[jax.Array]:
 
 
 class LabelSpace:
-    """How the J label ids relate to the model's K leaves (ids 0..K-1 are the leaves).
+    """How the J label ids a training set uses relate to the model's K leaves.
 
+    The space holds the K leaves (positions 0..K-1) and the partial ids (nodes, named sets)
+    the data can hold, so fully labelled data trains in the plain leaf space (J = K).
+    lut [256]: protocol id → position (J for IGNORE and ids outside the space: a zero row).
     member [J, K]: the leaves of each id; spread [J, K]: each id's mass spread evenly over
     its leaves; inside / decides [J, J] indexed [voxel id v, label u]: v's leaves all lie in
     u / v lies inside u or outside it (`Protocol.relations`).
     """
 
-    def __init__(self, member: np.ndarray, inside: np.ndarray, outside: np.ndarray):
+    def __init__(
+        self,
+        member: np.ndarray,
+        inside: np.ndarray,
+        outside: np.ndarray,
+        ids: np.ndarray | None = None,
+    ):
         member = np.asarray(member, bool)
         self.num_ids, self.num_leaves = member.shape
         if not np.array_equal(member[: self.num_leaves], np.eye(self.num_leaves, dtype=bool)):
             raise ValueError("the first K label ids must be the leaves")
+        ids = np.arange(self.num_ids) if ids is None else np.asarray(ids)
+        self.lut = np.full(256, self.num_ids, np.int32)
+        self.lut[ids] = np.arange(self.num_ids)
         self.flat = self.num_ids == self.num_leaves
         self.member = member.astype(np.float32)
         self.spread = self.member / self.member.sum(axis=1, keepdims=True)
@@ -94,15 +107,20 @@ class LabelSpace:
         return cls(eye, eye, ~eye)
 
     @classmethod
-    def from_protocol(cls, protocol) -> LabelSpace:
-        """Every id of a `msseg.labels.Protocol`: leaves, tree nodes and named sets."""
-        j = protocol.num_ids
+    def from_protocol(cls, protocol, used: Sequence[int] | None = None) -> LabelSpace:
+        """The leaves of a `msseg.labels.Protocol` plus its partial ids in `used` (default:
+        every tree node and named set); other ids count as unlabelled."""
+        k = protocol.num_leaves
+        partial = range(k, protocol.num_ids) if used is None else used
+        ids = np.array(sorted(set(range(k)) | {i for i in partial if k <= i < protocol.num_ids}))
         inside, outside = protocol.relations()  # [label u, voxel id v] over 256 voxel ids
-        return cls(protocol.membership(), inside[:, :j].T, outside[:, :j].T)
+        sub = np.ix_(ids, ids)
+        return cls(protocol.membership()[ids], inside.T[sub], outside.T[sub], ids)
 
     def one_hot(self, ids: jax.Array) -> jax.Array:
-        """[...] uint8 ids → [..., J] float32 one-hot (IGNORE and unknown ids: zeros)."""
-        return jax.nn.one_hot(ids.astype(jnp.int32), self.num_ids, dtype=jnp.float32)
+        """[...] uint8 protocol ids → [..., J] float32 one-hot (IGNORE and ids outside the
+        space: zeros)."""
+        return jax.nn.one_hot(jnp.asarray(self.lut)[ids.astype(jnp.int32)], self.num_ids)
 
     def leaf_spread(self, f: jax.Array) -> jax.Array:
         """[..., J] id fractions → [..., K] leaf distribution (partial ids spread evenly)."""

@@ -114,6 +114,16 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
     )
 
 
+def used_ids(cache: str, protocol: Protocol) -> list[int]:
+    """The ids the cache's training cases can hold (their datasets' declared ids, and
+    their left/right mirrors, which the flip augmentation makes)."""
+    cases = preprocess.load_manifest(cache)["cases"].values()
+    ids = {i for r in cases if r["split"] == "train" for i in r.get("declared_ids", [])}
+    if not ids or any("declared_ids" not in r for r in cases):
+        return list(range(protocol.num_ids))
+    return sorted(ids | {int(i) for i in protocol.lr_swap()[sorted(ids)]})
+
+
 def entry_depth(cfg: TrainConfig, seed: int, step_index: int) -> int:
     """The entry depth of step `step_index`: a pure function of (seed, step), so resumable."""
     if len(cfg.entry_depths) == 1:
@@ -188,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             logging.info("initialised params from %s (step %d)", tcfg.init_from, n)
 
     batch_sharding = {k: sharding.batch_sharding(mesh) for k in ("image", "label")}
-    space = losses.LabelSpace.from_protocol(setup.protocol)
+    space = losses.LabelSpace.from_protocol(setup.protocol, used_ids(cache, setup.protocol))
     train_step = step.jit_train_step(
         step.make_train_step(setup.model, setup.schedule, setup.loss, tx, tcfg, space),
         state_sharding,
