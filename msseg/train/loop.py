@@ -23,7 +23,7 @@ from msseg.data import pipeline, preprocess
 from msseg.diffusion import losses
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
-from msseg.labels import Protocol
+from msseg.labels import IGNORE, Protocol
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import checkpoint, sharding, step, validate
 from msseg.train.metrics import MetricsLog, is_main, plot_curves
@@ -115,13 +115,12 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
 
 
 def used_ids(cache: str, protocol: Protocol) -> list[int]:
-    """The ids the cache's training cases can hold (their datasets' declared ids, and
-    their left/right mirrors, which the flip augmentation makes)."""
+    """The ids the cache's training labels hold (their voxel counts), with their left/right
+    mirrors, which the flip augmentation makes."""
     cases = preprocess.load_manifest(cache)["cases"].values()
-    ids = {i for r in cases if r["split"] == "train" for i in r.get("declared_ids", [])}
-    if not ids or any("declared_ids" not in r for r in cases):
-        return list(range(protocol.num_ids))
-    return sorted(ids | {int(i) for i in protocol.lr_swap()[sorted(ids)]})
+    ids = {int(i) for r in cases if r["split"] == "train" for i in r["voxel_counts"]}
+    ids = sorted(ids - {IGNORE})
+    return sorted(set(ids) | {int(i) for i in protocol.lr_swap()[ids]})
 
 
 def entry_depth(cfg: TrainConfig, seed: int, step_index: int) -> int:
