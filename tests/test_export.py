@@ -207,7 +207,7 @@ def test_probabilities_map_back_onto_the_native_grid(exported, tmp_path, copy):
     prepared, _ = prepare_image(volume, PreprocessConfig(spacing=(3.0, 3.0, 3.0)))
     on_grid = io.resample_label_to_grid(ids, ref.affine, prepared.affine, prepared.image.shape)
     probs = np.eye(protocol.num_leaves, dtype=np.float32)[on_grid]
-    labels, entropy = predict.to_native(
+    labels, entropy, _ = predict.to_native(
         probs, np.zeros(on_grid.shape, np.float32), prepared, volume
     )
     assert labels.shape == ref.data.shape and entropy.shape == ref.data.shape
@@ -305,21 +305,9 @@ def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exp
     vols = (out / "volumes.csv").read_text().splitlines()
     assert len(vols) == 2 and vols[0].startswith("case,")
     report = tmp_path / "report"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "evaluate.py"),
-            f"--pred={out}",
-            f"--ref={refs}",
-            f"--labels={model_dir}",
-            f"--output={report}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
+    proc = _evaluate(
+        tmp_path, f"--pred={out}", f"--ref={refs}", f"--labels={model_dir}", f"--output={report}"
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((report / "summary.json").read_text())
     assert summary["num_cases"] == 1 and summary["hd95_mode"] == "pooled"
     rows = (report / "metrics.csv").read_text().splitlines()
@@ -327,27 +315,40 @@ def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exp
     assert all(r.startswith("case,") for r in rows[1:])
     # evaluate.py --model: segment the dataset's test split and score it in one go
     report2 = tmp_path / "report2"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "evaluate.py"),
-            f"--model={model_dir}",
-            f"--data={raw}",
-            "--split=test",
-            f"--output={report2}",
-            "--steps=2",
-            "--depths=0,1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    model_flags = (f"--model={model_dir}", f"--data={raw}", "--split=test", "--steps=2")
+    proc = _evaluate(tmp_path, *model_flags, f"--output={report2}", "--depths=0,1")
     summary = json.loads((report2 / "summary.json").read_text())
     assert set(summary["depths"]) == {"0", "1"} and summary["entry_depths"] == [0, 1]
     assert "depth 1" in proc.stdout
     assert list((report2 / "samples" / "depth0").glob("*_seg.nii.gz"))
+    for depth in ("0", "1"):  # calibration of the voxel probabilities, per depth
+        calib = summary["calibration"][depth]
+        assert 0 <= calib["ece"] <= 1 and calib["voxels"] > 0
+        assert set(calib["cases"]) == set(summary["case_dice"])
+    assert "calibration (depth 1): ECE" in proc.stdout
+    # --input_depth=1: a 2x coarser scan, upsampled and entered at depth 0
+    report3 = tmp_path / "report3"
+    _evaluate(tmp_path, *model_flags, f"--output={report3}", "--max_cases=1", "--input_depth=1")
+    low = json.loads((report3 / "summary.json").read_text())
+    assert low["input_depth"] == 1 and low["num_cases"] == 1
+    from msseg.data import datasets
+
+    (case,) = [c for c in datasets.resolve(str(raw)).cases if c.case_id in low["case_dice"]]
+    seg = report3 / "samples" / f"{case.case_id}_seg.nii.gz"
+    assert nib.load(seg).shape == nib.load(case.label).shape  # the scan's own grid
+
+
+def _evaluate(cwd: Path, *flags: str) -> subprocess.CompletedProcess:
+    """Runs tools/evaluate.py with `flags`; asserts that it succeeded."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "evaluate.py"), *flags],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
 
 
 @pytest.mark.slow

@@ -114,6 +114,20 @@ def _volume(tmp_path: Path, shape=(40, 36, 30), oblique_deg=15.0) -> io.Volume:
     return io.load_image(tmp_path / "vol.nii.gz")
 
 
+def test_low_res_keeps_the_field_of_view_at_a_coarser_spacing(tmp_path):
+    volume = _volume(tmp_path, oblique_deg=0.0)
+    assert predict.low_res(volume, (2.0, 2.0, 2.0), 0) is volume
+    low = predict.low_res(volume, (2.0, 2.0, 2.0), 1)
+    np.testing.assert_allclose(low.spacing, (4.0, 4.0, 4.0))
+    assert low.data.shape == tuple(n // 2 for n in volume.data.shape)
+
+    def centre(v):
+        return (v.affine @ np.r_[(np.asarray(v.data.shape) - 1) / 2, 1])[:3]
+
+    np.testing.assert_allclose(centre(low), centre(volume), atol=1e-6)
+    assert low.path == volume.path
+
+
 def _native_probs_by_full_grid(probs, prepared, volume):
     """The former to_native's per-leaf interpolation through the whole resampled grid."""
     box = tuple(slice(a, b) for a, b in prepared.box)
@@ -143,7 +157,7 @@ def test_to_native_decides_top_down_on_interpolated_probabilities(tmp_path, monk
     native = _native_probs_by_full_grid(probs, prepared, volume)
     tree = MNI.level_tables()
 
-    flat, ent = predict.to_native(probs, entropy, prepared, volume)
+    flat, ent, conf = predict.to_native(probs, entropy, prepared, volume)
     assert flat.shape == volume.data.shape and flat.dtype == np.uint8
     assert np.mean(flat == native.argmax(-1)) > 0.999
     box_full = tuple(slice(a, b) for a, b in box)
@@ -151,10 +165,15 @@ def test_to_native_decides_top_down_on_interpolated_probabilities(tmp_path, monk
     full[box_full] = entropy
     ref_ent = io.resample_to_grid(full, prepared.resampled_affine, volume.affine, flat.shape)
     np.testing.assert_allclose(ent, ref_ent, atol=1e-4)
+    # confidence: the decided leaf's share of the interpolated probabilities
+    chosen = np.take_along_axis(native, flat[..., None].astype(np.intp), -1)[..., 0]
+    close = np.isclose(conf, chosen / native.sum(-1), atol=1e-4)
+    assert conf.dtype == np.float32 and np.mean(close) > 0.999
 
-    whole, _ = predict.to_native(probs, entropy, prepared, volume, tree)
+    whole, _, whole_conf = predict.to_native(probs, entropy, prepared, volume, tree)
+    assert (whole_conf <= conf + 1e-6).all()  # the top-down leaf is at most the argmax's
     monkeypatch.setattr(predict, "CHUNK_VALUES", 7 * 36 * 30 * 3)  # slabs of 3 voxels
-    chunked, _ = predict.to_native(probs, entropy, prepared, volume, tree)
+    chunked, _, _ = predict.to_native(probs, entropy, prepared, volume, tree)
     assert np.mean(chunked == whole) > 0.999
     assert np.mean(chunked == tree.labels(native)) > 0.999
     assert (chunked != flat).any()
@@ -173,7 +192,7 @@ def _result(tmp_path: Path, protocol: labels.Protocol) -> predict.Result:
     coarse = rng.integers(0, protocol.num_leaves, (6, 5, 4))
     leaf_ids = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2).astype(np.uint8)
     entropy = rng.uniform(0, 1, leaf_ids.shape).astype(np.float32)
-    return predict.Result("case", leaf_ids, entropy, volume, 0.0, 1)
+    return predict.Result("case", leaf_ids, entropy, 1.0 - entropy, volume, 0.0, 1)
 
 
 def _ids(path: Path, protocol: labels.Protocol) -> np.ndarray:

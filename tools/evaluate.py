@@ -45,6 +45,12 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
 flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
 flags.DEFINE_list("depths", ["0"], "Entry depths to segment at (rows carry the depth if several).")
+flags.DEFINE_integer(
+    "input_depth",
+    0,
+    "Simulate a low-resolution scan: resample each input to the model's spacing x "
+    "2^input_depth first (then to the entry depth's grid; with --model).",
+)
 flags.DEFINE_integer("max_cases", 0, "Evaluate only the first N cases (0 = all).")
 flags.DEFINE_enum("route", "auto", ["auto", "exported", "local"], "Sampler route (sample.py).")
 flags.mark_flag_as_required("output")
@@ -96,7 +102,9 @@ def _model_mode():
             eta=FLAGS.eta,
             fusion=FLAGS.fusion,
         )
-        opts = predict.Options(cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch)
+        opts = predict.Options(
+            cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, input_depth=FLAGS.input_depth
+        )
         result = evaluate.evaluate_model(
             model,
             FLAGS.data,
@@ -111,7 +119,23 @@ def _model_mode():
     except (InputError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"evaluate: {e}") from None
     print(report.format_dice_table(result.summary))
+    _print_calibration(result.summary["calibration"])
     print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")
+
+
+def _print_calibration(calib: dict) -> None:
+    parts = calib.items() if "ece" not in calib else [(None, calib)]
+    for depth, c in parts:
+        at = "" if depth is None else f" (depth {depth})"
+
+        def fmt(x):
+            return "n/a" if x is None else f"{x:.4f}"
+
+        print(
+            f"calibration{at}: ECE {fmt(c['ece'])}, entropy AUROC for errors "
+            f"{fmt(c['auroc_entropy_error'])}, error rate {fmt(c['error_rate'])} "
+            f"over {c['voxels']} voxels ({c['region']})"
+        )
 
 
 if __name__ == "__main__":

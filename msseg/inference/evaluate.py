@@ -2,14 +2,16 @@
 
 Each case is segmented like sample.py does (outputs kept under REPORT/samples/), then
 scored on the label map's own grid with msseg.evaluation (Dice, HD95, ASSD, volume
-similarity per label and tree level); with several `depths`, every case is segmented once
-per entry depth (the input resampled to 2^d x the model's spacing) and rows carry the depth.
+similarity per label and tree level, and the calibration of the voxel probabilities:
+`msseg.evaluation.calibration`); with several `depths`, every case is segmented once per
+entry depth (the input resampled to 2^d x the model's spacing) and rows carry the depth.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from absl import logging
 from msseg import io
 from msseg.data import datasets
 from msseg.errors import InputError
-from msseg.evaluation import plots, report
+from msseg.evaluation import calibration, plots, report
 from msseg.inference import model as model_lib
 from msseg.inference import predict
 
@@ -52,11 +54,20 @@ def evaluate_model(
     out = Path(output)
     protocol = model.protocol
     rows, previews, volume_rows = [], {}, []
+    calib: dict[int, calibration.CalibrationStats] = {}
+    timing: dict[int, dict[str, dict]] = {}
+    per_window = (
+        opts.sampler.denoiser_evaluations(model.schedule.num_timesteps) * opts.sampler.ensemble
+        if model.diffusion
+        else 1
+    )
     key = jax.random.key(opts.seed)
     start = time.perf_counter()
     for depth in depths:
         segmenter = predict.Segmenter(model, dataclasses.replace(opts, depth=depth))
         samples = out / "samples" / (f"depth{depth}" if len(depths) > 1 else "")
+        calib[depth] = stats = calibration.CalibrationStats()
+        timing[depth] = times = {}
         for i, case in enumerate(cases):
             image, label = io.load_image(case.image), io.load_label(case.label)
             io.check_same_grid(image, label)
@@ -74,6 +85,12 @@ def evaluate_model(
                 depth=depth if len(depths) > 1 else None,
             )
             rows += case_rows
+            stats.add(case.case_id, result.labels, ref, result.confidence, result.entropy)
+            times[case.case_id] = {
+                "seconds": round(result.seconds, 3),
+                "windows": result.windows,
+                "denoiser_evals": result.windows * per_window,
+            }
             if depth == depths[0]:
                 previews[case.case_id] = plots.make_preview(
                     ref, result.labels, label.spacing, result.volume.data
@@ -91,6 +108,23 @@ def evaluate_model(
                 result.seconds,
             )
     predict.write_volumes(out / "samples" / "volumes.csv", volume_rows)
+
+    def per_depth(make):
+        return {str(d): make(d) for d in depths} if len(depths) > 1 else make(depths[0])
+
+    def segmentation(depth: int) -> dict:
+        cases = timing[depth]
+        return {
+            # the median: the first case also pays for compiling
+            "median_seconds_per_case": round(
+                statistics.median(c["seconds"] for c in cases.values()), 3
+            ),
+            "denoiser_evals_per_window": per_window,
+            "denoiser_evals_per_case": sum(c["denoiser_evals"] for c in cases.values())
+            / len(cases),
+            "cases": cases,
+        }
+
     return report.write_report(
         rows,
         out,
@@ -103,6 +137,9 @@ def evaluate_model(
         data=str(data),
         split=split,
         entry_depths=list(depths),
+        input_depth=opts.input_depth,
+        calibration=per_depth(lambda d: calib[d].summary()),
+        segmentation=per_depth(segmentation),
         sampler=dataclasses.asdict(opts.sampler),
         seed=opts.seed,
         overlap=opts.overlap,

@@ -59,8 +59,13 @@ class Options:
     batch: int = 1  # windows per compiled call (the ensemble multiplies it)
     depth: int = 0  # enter at this depth: the input is resampled to spacing * 2^depth
     level: int | str = "leaves"  # "leaves" | "all" | a tree level (0 = coarsest)
+    # > 0: simulate a scan acquired at spacing * 2^input_depth (the image is resampled to
+    # that grid first, then to the entry depth's grid): how a model fares on a low-res scan
+    input_depth: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.input_depth, int) or self.input_depth < 0:
+            raise ValueError(f"input_depth must be an integer >= 0, got {self.input_depth!r}")
         level = self.level
         if isinstance(level, str):
             ok = level in LEVELS
@@ -97,6 +102,7 @@ class Result:
     name: str
     labels: np.ndarray  # [X, Y, Z] leaf ids on the input's canonical grid
     entropy: np.ndarray  # [X, Y, Z] float32 on the input's canonical grid
+    confidence: np.ndarray  # [X, Y, Z] float32: the decided leaf's fused probability
     volume: io.Volume
     seconds: float
     windows: int
@@ -167,15 +173,26 @@ class Segmenter:
             cfg = dataclasses.replace(
                 cfg, spacing=tuple(s * 2**self.opts.depth for s in cfg.spacing)
             )
-        prepared, _ = prepare_image(volume, cfg)
+        source = low_res(volume, self.model.preprocess.spacing, self.opts.input_depth)
+        prepared, _ = prepare_image(source, cfg)
         probs, entropy, n = self.segment_array(prepared.image, key)
-        labels, ent = to_native(probs, entropy, prepared, volume, self.tree)
+        labels, ent, conf = to_native(probs, entropy, prepared, volume, self.tree)
         name = output_name(volume.path)
-        return Result(name, labels, ent, volume, time.perf_counter() - start, n)
+        return Result(name, labels, ent, conf, volume, time.perf_counter() - start, n)
 
     def segment_file(self, path: str | os.PathLike, key: jax.Array) -> Result:
         """Loads and segments `path` with `file_key(key, its name)`."""
         return self.segment_volume(io.load_image(path), file_key(key, output_name(path)))
+
+
+def low_res(volume: io.Volume, spacing, input_depth: int) -> io.Volume:
+    """`volume` as if acquired at spacing * 2^input_depth (linear resampling, same field of
+    view); `volume` itself for depth 0. Outputs still go to `volume`'s own grid."""
+    if not input_depth:
+        return volume
+    low = tuple(s * 2**input_depth for s in spacing)
+    data, affine = io.resample(volume.data, volume.affine, low, order=1)
+    return dataclasses.replace(volume, data=data, affine=affine)
 
 
 def to_native(
@@ -184,9 +201,10 @@ def to_native(
     prepared,
     volume: io.Volume,
     tree: LevelTables | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities [X', Y', Z', K] and entropy on the cropped model grid → (leaf ids [X, Y,
-    Z] uint8, entropy) on the volume's canonical grid.
+    Z] uint8, entropy, confidence) on the volume's canonical grid; confidence is the decided
+    leaf's share of the interpolated probabilities.
 
     Each leaf's probability is placed in the resampled grid (background 1 outside the crop)
     and interpolated linearly; the leaf is decided by `tree.labels` (top-down through the
@@ -210,6 +228,7 @@ def to_native(
 
     leaves = [padded(probs[..., j], 1.0 if j == 0 else 0.0) for j in range(k)]
     labels = np.zeros(shape, np.uint8)
+    confidence = np.zeros(shape, np.float32)
     step = max(1, CHUNK_VALUES // (k * shape[1] * shape[2]))
     for x0 in range(0, shape[0], step):
         n = min(step, shape[0] - x0)
@@ -220,9 +239,12 @@ def to_native(
         for j in range(k):
             chunk[j] = io.resample_to_grid(leaves[j], source, target, chunk.shape[1:], order=1)
         p = np.moveaxis(chunk, 0, -1)
-        labels[x0 : x0 + n] = p.argmax(-1) if tree is None else tree.labels(p)
+        decided = p.argmax(-1) if tree is None else tree.labels(p)
+        labels[x0 : x0 + n] = decided
+        chosen = np.take_along_axis(p, decided[..., None].astype(np.intp), -1)[..., 0]
+        confidence[x0 : x0 + n] = chosen / np.maximum(p.sum(-1), 1e-12)
     ent = io.resample_to_grid(padded(entropy, 0.0), source, volume.affine, shape, order=1)
-    return labels, ent
+    return labels, ent, confidence
 
 
 def volumes_row(result: Result, protocol) -> dict[str, float]:

@@ -1,0 +1,111 @@
+"""Plots of the experiment suite's results (matplotlib, Agg): one PNG per experiment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _levels(r: dict) -> list[str]:
+    return sorted(r["dice"], key=int)
+
+
+def plot(name: str, res: dict, folder: Path) -> list[str]:
+    """Writes the experiment's PNG into `folder`; returns the file names."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if name == "multiscale":
+        arms = res["arms"]
+        labels = list(next(iter(arms.values()))["labels"])
+        _bars(
+            axes[0],
+            labels,
+            {a: [100 * r["labels"][k]["dice"] for k in labels] for a, r in arms.items()},
+            "Dice x 100",
+        )
+        axes[0].set_title("Dice per label")
+        lv = _levels(next(iter(arms.values())))
+        _bars(
+            axes[1],
+            [f"level {v}" for v in lv],
+            {a: [100 * r["dice"][v] for v in lv] for a, r in arms.items()},
+            "Dice x 100",
+        )
+        axes[1].set_title("Dice per tree level")
+    elif name == "lowres":
+        series, groups = {}, None
+        for arm, runs in res["arms"].items():
+            for key, r in runs.items():
+                groups = groups or [f"level {v}" for v in _levels(r)]
+                series[f"{arm}: {key}"] = [100 * r["dice"][v] for v in _levels(r)]
+        _bars(axes[0], groups, series, "Dice x 100")
+        axes[0].set_title("Dice per tree level and input")
+        leaves = {k: v[-1] for k, v in series.items()}
+        axes[1].barh(list(leaves), list(leaves.values()))
+        axes[1].set_xlabel("Dice x 100 (leaves)")
+        axes[1].set_title("Leaves")
+    elif name == "diffusion":
+        for arm, r in res["arms"].items():
+            rel = r["reliability"]
+            bins = zip(rel["confidence"], rel["accuracy"], rel["count"], strict=True)
+            pts = [(c, a) for c, a, n in bins if n]
+            if pts:
+                c, a = zip(*pts, strict=True)
+                axes[0].plot(c, a, "o-", label=arm, ms=3)
+        axes[0].plot([0, 1], [0, 1], "k--", lw=0.8)
+        axes[0].set_xlabel("confidence of the decided label")
+        axes[0].set_ylabel("accuracy")
+        axes[0].set_title("Reliability (foreground region)")
+        axes[0].legend(fontsize=8)
+        arms = list(res["arms"])
+        vals = {
+            "ECE x 100": [100 * (res["arms"][a]["ece"] or 0) for a in arms],
+            "entropy AUROC x 100": [
+                100 * (res["arms"][a]["auroc_entropy_error"] or 0) for a in arms
+            ],
+        }
+        _bars(axes[1], arms, vals, "x 100")
+        axes[1].set_title("Calibration and error detection")
+    else:
+        rows = res["settings"]
+        for key, ax, xlabel in (
+            ("denoiser_evals_per_case", axes[0], "denoiser evaluations per case"),
+            ("median_seconds_per_case", axes[1], "seconds per case (median)"),
+        ):
+            for r in rows:
+                ax.scatter(r[key], 100 * r["dice_leaves_ddpm_cases"], s=20)
+                ax.annotate(r["setting"], (r[key], 100 * r["dice_leaves_ddpm_cases"]), fontsize=7)
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"Dice x 100 (leaves, {len(res['ddpm_cases'])} DDPM case(s))")
+            ax.grid(alpha=0.3)
+        axes[0].set_title("Quality vs denoiser evaluations")
+        axes[1].set_title("Quality vs wall time")
+    fig.tight_layout()
+    out = f"{name}.png"
+    _save(fig, folder / out)
+    return [out]

@@ -1,0 +1,270 @@
+"""The experiment suite's plan: the training arms, the evaluations, and running them resumably.
+
+Four models are trained with the same config, seed and steps, differing only where the
+question needs it:
+
+- `ms_mixed`: multiscale deep supervision, patches entering at depth 0 or 1 (p = 0.75 /
+  0.25); the main model (lower-resolution entry, the samplers' costs, diffusion);
+- `ms_full`: multiscale deep supervision, depth-0 entry only;
+- `single`: as `ms_full` with only the depth-0 output supervised (depth weights 1, 0, ...):
+  the same parameters and steps as a single-output U-Net;
+- `det_mixed`: as `ms_mixed`, trained as a deterministic segmenter (no diffusion).
+
+Every step runs a project binary (tools/train.py, export.py, evaluate.py) as a subprocess,
+with its command line logged and stored. A step whose output exists is skipped (training
+resumes from its last checkpoint), so an interrupted suite reruns where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import logging
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = ("multiscale", "lowres", "diffusion", "cost")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the suite runs. `quick`: the tiny config, a few steps, one test case."""
+
+    out: Path  # run folder: <arm>/ workdirs, eval/<job>/ reports, commands.log
+    results: Path  # experiments/ folder the results go to
+    date: str  # prefix of the experiment folders
+    quick: bool = False
+    data: str = "mni152"
+    steps: int = 0  # 0 = the mode's default
+    max_cases: int = 0  # test cases evaluated (0 = all)
+    ddpm_cases: int = 1  # test cases DDPM-1000 is run on (the first ones)
+    ddim_steps: tuple[int, ...] = ()  # () = (5, 10, 25, 50), or (5, 10) quick
+    ensembles: tuple[int, ...] = ()  # () = (1, 4, 8), or (1, 2) quick
+    experiments: tuple[str, ...] = EXPERIMENTS
+    readme: Path | None = None  # README whose results block is replaced
+    python: str = sys.executable
+
+    def __post_init__(self):
+        bad = set(self.experiments) - set(EXPERIMENTS)
+        if bad or not self.experiments:
+            raise ValueError(f"experiments must be some of {EXPERIMENTS}, got {self.experiments}")
+        if 10 not in self.ddim_sweep or 1 not in self.ensemble_sweep:
+            raise ValueError("the sweeps must include DDIM-10 and an ensemble of 1 (the reference)")
+
+    @property
+    def ddim_sweep(self) -> tuple[int, ...]:
+        return self.ddim_steps or ((5, 10) if self.quick else (5, 10, 25, 50))
+
+    @property
+    def ensemble_sweep(self) -> tuple[int, ...]:
+        return self.ensembles or ((1, 2) if self.quick else (1, 4, 8))
+
+    @property
+    def config(self) -> str:
+        return "configs/tiny.py" if self.quick else "configs/quickstart.py"
+
+    @property
+    def num_depths(self) -> int:
+        return 2 if self.quick else 3
+
+    @property
+    def train_steps(self) -> int:
+        return self.steps or (3 if self.quick else 3000)
+
+    @property
+    def cases(self) -> int:
+        return self.max_cases or (1 if self.quick else 0)
+
+    def base_flags(self) -> list[str]:
+        """Flags every arm shares (on top of the config file)."""
+        flags = [
+            f"--config.data.spec={self.data}",
+            f"--config.train.steps={self.train_steps}",
+            "--config.train.eval_every=0",
+            f"--config.train.checkpoint_every={max(1, min(250, self.train_steps // 4))}",
+        ]
+        if self.quick:  # DDPM over 20 steps instead of 1000: the same code, CI-sized
+            flags.append("--config.diffusion.num_timesteps=20")
+        return flags
+
+
+def _tuple(values) -> str:
+    return "(" + "".join(f"{v}," for v in values) + ")"
+
+
+def arms(s: Settings) -> dict[str, list[str]]:
+    """Training flags of each arm (tools/train.py, after --config and --workdir)."""
+    mixed = ["--config.train.entry_depths=(0,1,)", "--config.train.entry_probs=(0.75,0.25,)"]
+    full = [
+        "--config.train.entry_depths=(0,)",
+        "--config.train.entry_probs=()",
+        "--config.train.val_depths=(0,)",
+    ]
+    single = [1.0] + [0.0] * (s.num_depths - 1)
+    return {
+        "ms_mixed": [*s.base_flags(), *mixed],
+        "ms_full": [*s.base_flags(), *full],
+        "single": [*s.base_flags(), *full, f"--config.diffusion.depth_weights={_tuple(single)}"],
+        "det_mixed": [
+            *s.base_flags(),
+            *mixed,
+            "--config.model.diffusion=False",
+            "--config.train.val_mode=deterministic",
+        ],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalJob:
+    name: str  # report folder eval/<name>
+    arm: str
+    flags: tuple[str, ...]  # tools/evaluate.py flags beyond the shared ones
+    experiments: tuple[str, ...]  # which experiments read it
+
+
+def eval_jobs(s: Settings) -> list[EvalJob]:
+    """The evaluations the chosen experiments need (each runs once, whoever reads it)."""
+    jobs = [
+        EvalJob("single", "single", (), ("multiscale",)),
+        EvalJob("ms_full", "ms_full", (), ("multiscale", "lowres")),
+        EvalJob("ms_full_input4x", "ms_full", ("--input_depth=1",), ("lowres",)),
+        EvalJob(
+            "ms_mixed_ddim10",
+            "ms_mixed",
+            ("--sampler=ddim", "--steps=10"),
+            ("lowres", "diffusion", "cost"),
+        ),
+        EvalJob("ms_mixed_depth1", "ms_mixed", ("--depths=1",), ("lowres",)),
+        EvalJob("det_mixed", "det_mixed", (), ("diffusion",)),
+    ]
+    for n in s.ddim_sweep:
+        if n != 10:
+            jobs.append(
+                EvalJob(
+                    f"ms_mixed_ddim{n}", "ms_mixed", ("--sampler=ddim", f"--steps={n}"), ("cost",)
+                )
+            )
+    for e in s.ensemble_sweep:
+        if e != 1:
+            jobs.append(
+                EvalJob(
+                    f"ms_mixed_ens{e}",
+                    "ms_mixed",
+                    ("--sampler=ddim", "--steps=10", f"--ensemble={e}"),
+                    ("diffusion", "cost"),
+                )
+            )
+    jobs += [
+        EvalJob("ms_mixed_multiscale", "ms_mixed", ("--sampler=multiscale",), ("cost",)),
+        EvalJob(
+            "ms_mixed_ddpm",
+            "ms_mixed",
+            ("--sampler=ddpm", f"--max_cases={s.ddpm_cases}"),
+            ("cost",),
+        ),
+    ]
+    return [j for j in jobs if set(j.experiments) & set(s.experiments)]
+
+
+def _run(s: Settings, cmd: list[str], log_name: str) -> float:
+    """Runs a project binary from the repo root; returns its wall time. Logs the command to
+    commands.log and its output to logs/<log_name>.log; a failure raises with the log's tail."""
+    s.out.mkdir(parents=True, exist_ok=True)
+    (s.out / "logs").mkdir(exist_ok=True)
+    shown = shlex.join(["python", *cmd[1:]])
+    with open(s.out / "commands.log", "a") as f:
+        f.write(shown + "\n")
+    logging.info("suite: %s", shown)
+    log = s.out / "logs" / f"{log_name}.log"
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=_env())
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"{shown} failed ({proc.returncode}); end of {log}:\n{tail}")
+    return seconds
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # keep freed activations in the heap (WORKSPACE.md, Precision/Allocator)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "1073741824")
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", "4294967296")
+    return env
+
+
+def train_commands(s: Settings, arm: str) -> list[list[str]]:
+    workdir = s.out / arm
+    return [
+        [
+            s.python,
+            "tools/train.py",
+            f"--config={s.config}",
+            f"--workdir={workdir}",
+            *arms(s)[arm],
+        ],
+        [s.python, "tools/export.py", f"--workdir={workdir}", f"--output={workdir / 'model'}"],
+    ]
+
+
+def eval_command(s: Settings, job: EvalJob) -> list[str]:
+    flags = list(job.flags)
+    if s.cases and not any(f.startswith("--max_cases=") for f in flags):
+        flags.append(f"--max_cases={s.cases}")
+    return [
+        s.python,
+        "tools/evaluate.py",
+        f"--model={s.out / job.arm / 'model'}",
+        f"--data={s.data}",
+        "--split=test",
+        f"--output={s.out / 'eval' / job.name}",
+        "--overlap=0.25",
+        "--batch=2",
+        "--seed=0",
+        "--worst=0",
+        *flags,
+    ]
+
+
+def train_arm(s: Settings, arm: str) -> None:
+    """Trains (or resumes) and exports one arm; its wall times go to <arm>/suite_train.json."""
+    record = s.out / arm / "suite_train.json"
+    done = json.loads(record.read_text()) if record.exists() else {"train_s": [], "export_s": 0}
+    if done.get("steps") == s.train_steps and (s.out / arm / "model" / "metadata.json").exists():
+        logging.info("suite: %s is trained and exported (%s)", arm, record)
+        return
+    train_cmd, export_cmd = train_commands(s, arm)
+    done["train_s"].append(round(_run(s, train_cmd, f"train_{arm}"), 1))
+    done["export_s"] = round(_run(s, export_cmd, f"export_{arm}"), 1)
+    done["steps"] = s.train_steps
+    done["commands"] = [shlex.join(["python", *c[1:]]) for c in (train_cmd, export_cmd)]
+    record.write_text(json.dumps(done, indent=1) + "\n")
+
+
+def evaluate(s: Settings, job: EvalJob) -> None:
+    if (s.out / "eval" / job.name / "summary.json").exists():
+        logging.info("suite: evaluation %s is done", job.name)
+        return
+    _run(s, eval_command(s, job), f"eval_{job.name}")
+
+
+def run_suite(s: Settings) -> list[Path]:
+    """Trains the arms the chosen experiments need, runs their evaluations, and writes the
+    results (msseg.suite.results). Returns the results.json files written."""
+    from msseg.suite import results  # noqa: PLC0415
+
+    jobs = eval_jobs(s)
+    needed = {j.arm for j in jobs}
+    for arm in arms(s):  # ms_mixed first: three experiments read it
+        if arm in needed:
+            train_arm(s, arm)
+    for job in jobs:
+        evaluate(s, job)
+    return results.write_all(s, jobs)

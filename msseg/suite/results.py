@@ -1,0 +1,449 @@
+"""The experiment suite's results: per experiment a results.json, plots and a README, plus the
+README's results tables, all built from the evaluation reports (summary.json) of the run.
+
+Every figure in a table is read from a results.json written here, and every results.json
+entry names the summary.json it came from (relative to the run folder).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+from pathlib import Path
+
+from absl import logging
+
+from msseg.suite import figures
+from msseg.suite.plan import EXPERIMENTS, ROOT, EvalJob, Settings, eval_command, train_commands
+
+FOLDERS = {
+    "multiscale": "multiscale_vs_single",
+    "lowres": "lowres_entry",
+    "diffusion": "diffusion_vs_deterministic",
+    "cost": "cost_vs_quality",
+}
+QUESTIONS = {
+    "multiscale": "Does supervising every decoder depth (multiscale deep supervision) make the "
+    "U-Net more accurate than supervising only its full-resolution output, with the same "
+    "parameters, data, seed and steps?",
+    "lowres": "A model trained with patches entering at depth 0 or 1 segments a scan at twice "
+    "the model's spacing entered at depth 1; a model trained at depth 0 only gets the same "
+    "scan upsampled to its spacing. Which is better on the coarse scan, and what does mixed "
+    "entry cost on a full-resolution scan?",
+    "diffusion": "The diffusion segmenter against the same U-Net trained as a deterministic "
+    "segmenter: Dice, HD95, calibration of the voxel probabilities (expected calibration "
+    "error of the ensemble mean), and whether the uncertainty flags the errors (AUROC of the "
+    "voxel entropy for the misclassified voxels).",
+    "cost": "What does each sampler cost (denoiser evaluations, wall time) and what Dice does "
+    "it give: DDPM over the whole schedule, DDIM with 5/10/25/50 steps, multiscale "
+    "coarse-to-fine, ensembles of 1/4/8?",
+}
+BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
+READING = "## Reading"
+
+
+def _load(s: Settings, job: str) -> dict:
+    return json.loads((s.out / "eval" / job / "summary.json").read_text())
+
+
+def extract(s: Settings, job: str) -> dict:
+    """The figures the suite reports from eval/<job>/summary.json (one entry depth)."""
+    summ = _load(s, job)
+    levels = summ["levels"]
+    finest = max(levels, key=int)
+    calib, seg = summ["calibration"], summ["segmentation"]
+    return {
+        "source": f"eval/{job}/summary.json",
+        "num_cases": summ["num_cases"],
+        "levels": {lv: levels[lv]["labels"] for lv in levels},
+        "dice": {lv: levels[lv]["dice"]["mean"] for lv in levels},
+        "dice_std": {lv: levels[lv]["dice"]["std"] for lv in levels},
+        "hd95": {lv: levels[lv]["hd95"]["mean"] for lv in levels},
+        "dice_leaves": levels[finest]["dice"]["mean"],
+        "hd95_leaves": levels[finest]["hd95"]["mean"],
+        "labels": {
+            k: {"dice": v["dice"]["mean"], "hd95": v["hd95"]["mean"]}
+            for k, v in summ["labels"].items()
+        },
+        "case_dice": summ["case_dice"],
+        "ece": calib["ece"],
+        "auroc_entropy_error": calib["auroc_entropy_error"],
+        "error_rate": calib["error_rate"],
+        "reliability": calib["reliability"],
+        "median_seconds_per_case": seg["median_seconds_per_case"],
+        "denoiser_evals_per_window": seg["denoiser_evals_per_window"],
+        "denoiser_evals_per_case": seg["denoiser_evals_per_case"],
+        "sampler": summ["sampler"],
+        "entry_depth": summ["entry_depths"][0],
+        "input_depth": summ.get("input_depth", 0),
+    }
+
+
+def training(s: Settings, arm: str) -> dict:
+    """Steps, wall time and final validation Dice of an arm (its workdir's records)."""
+    workdir = s.out / arm
+    record = json.loads((workdir / "suite_train.json").read_text())
+    val = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if any(k.startswith("val/") for k in row):
+            val = {k: v for k, v in row.items() if k.endswith("/leaves")}
+    cfg = json.loads((workdir / "config.json").read_text())
+    return {
+        "steps": record["steps"],
+        "train_wall_s": round(sum(record["train_s"]), 1),
+        "final_validation_dice_leaves": val,
+        "spacing_mm": cfg["data"]["spacing"],
+        "commands": record["commands"],
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _level_names(r: dict) -> list[str]:
+    """Column names of the tree levels: the label for a single one, the labels joined for up
+    to three, "leaves" for the finest."""
+    ordered = sorted(r["levels"].items(), key=lambda kv: int(kv[0]))
+    names = []
+    for i, (lv, labels) in enumerate(ordered):
+        if i == len(ordered) - 1 and i > 0:
+            names.append("leaves")
+        elif len(labels) <= 3:
+            names.append("/".join(labels))
+        else:
+            names.append(f"level {lv}")
+    return names
+
+
+# ------------------------------------------------------------------------- experiments
+
+
+def multiscale(s: Settings) -> dict:
+    arms = {"multiscale": extract(s, "ms_full"), "single_output": extract(s, "single")}
+    return {
+        "arms": arms,
+        "training": {"multiscale": training(s, "ms_full"), "single_output": training(s, "single")},
+        "dice_leaves_difference": arms["multiscale"]["dice_leaves"]
+        - arms["single_output"]["dice_leaves"],
+    }
+
+
+def lowres(s: Settings) -> dict:
+    spacing = training(s, "ms_mixed")["spacing_mm"][0]
+    return {
+        "model_spacing_mm": spacing,
+        "coarse_spacing_mm": 2 * spacing,
+        "arms": {
+            "mixed_entry": {
+                "full_res": extract(s, "ms_mixed_ddim10"),
+                "coarse_at_depth1": extract(s, "ms_mixed_depth1"),
+            },
+            "full_res_only": {
+                "full_res": extract(s, "ms_full"),
+                "coarse_upsampled": extract(s, "ms_full_input4x"),
+            },
+        },
+        "training": {
+            "mixed_entry": training(s, "ms_mixed"),
+            "full_res_only": training(s, "ms_full"),
+        },
+    }
+
+
+def diffusion(s: Settings) -> dict:
+    arms = {"deterministic": extract(s, "det_mixed")}
+    for e in s.ensemble_sweep:
+        arms[f"diffusion_ensemble{e}"] = extract(
+            s, "ms_mixed_ddim10" if e == 1 else f"ms_mixed_ens{e}"
+        )
+    return {
+        "arms": arms,
+        "training": {
+            "diffusion": training(s, "ms_mixed"),
+            "deterministic": training(s, "det_mixed"),
+        },
+    }
+
+
+def _setting(r: dict) -> str:
+    smp = r["sampler"]
+    if smp["kind"] == "ddpm":
+        name = f"DDPM-{r['denoiser_evals_per_window']}"
+    elif smp["kind"] == "multiscale":
+        name = f"multiscale ({smp['coarse_steps']} coarse + {smp['refine_steps']} refine)"
+    else:
+        name = f"DDIM-{smp['steps']}"
+    return name + (f" x{smp['ensemble']}" if smp["ensemble"] > 1 else "")
+
+
+def cost(s: Settings) -> dict:
+    names = [f"ms_mixed_ddim{n}" for n in sorted(s.ddim_sweep)]
+    names += [f"ms_mixed_ens{e}" for e in sorted(s.ensemble_sweep) if e != 1]
+    names += ["ms_mixed_multiscale", "ms_mixed_ddpm"]
+    rows = {n: extract(s, n) for n in names}
+    subset = list(rows["ms_mixed_ddpm"]["case_dice"])
+    out = []
+    for n, r in sorted(rows.items(), key=lambda kv: kv[1]["denoiser_evals_per_case"]):
+        out.append(
+            {
+                "setting": _setting(r),
+                "job": n,
+                "denoiser_evals_per_window": r["denoiser_evals_per_window"],
+                "denoiser_evals_per_case": r["denoiser_evals_per_case"],
+                "median_seconds_per_case": r["median_seconds_per_case"],
+                "dice_leaves": r["dice_leaves"],
+                "num_cases": r["num_cases"],
+                # on the cases the DDPM chain ran on, to compare with it
+                "dice_leaves_ddpm_cases": sum(r["case_dice"][c] for c in subset) / len(subset),
+                "source": r["source"],
+            }
+        )
+    return {"ddpm_cases": subset, "settings": out, "training": {"model": training(s, "ms_mixed")}}
+
+
+BUILDERS = {"multiscale": multiscale, "lowres": lowres, "diffusion": diffusion, "cost": cost}
+
+
+# ------------------------------------------------------------------------- tables
+
+
+def table(name: str, res: dict) -> str:
+    """The markdown table of one experiment's results.json."""
+    if name == "multiscale":
+        first = res["arms"]["multiscale"]
+        levels = _level_names(first)
+        head = "| model | " + " | ".join(f"Dice {lv}" for lv in levels) + " | HD95 leaves (mm) |"
+        lines = [head, "|---" * (len(levels) + 2) + "|"]
+        for arm, r in res["arms"].items():
+            dice = " | ".join(_pct(r["dice"][k]) for k in sorted(r["dice"], key=int))
+            lines.append(f"| {arm.replace('_', ' ')} | {dice} | {_num(r['hd95_leaves'], 2)} |")
+        diff = 100 * res["dice_leaves_difference"]
+        verdict = (
+            "at least as accurate as"
+            if diff >= 0
+            else f"**less accurate** than (by {_pct(-res['dice_leaves_difference'])} points)"
+        )
+        lines += [
+            "",
+            f"At the leaves the multiscale model is {verdict} the single-output one "
+            f"({diff:+.1f} Dice points).",
+        ]
+        return "\n".join(lines)
+    if name == "lowres":
+        c = res["coarse_spacing_mm"]
+        first = res["arms"]["mixed_entry"]["full_res"]
+        levels = _level_names(first)
+        head = "| model | input | " + " | ".join(f"Dice {lv}" for lv in levels) + " |"
+        lines = [head, "|---" * (len(levels) + 2) + "|"]
+        inputs = {
+            "full_res": f"{res['model_spacing_mm']:g} mm",
+            "coarse_at_depth1": f"{c:g} mm, entered at depth 1",
+            "coarse_upsampled": f"{c:g} mm, upsampled",
+        }
+        for arm, runs in res["arms"].items():
+            for key, r in runs.items():
+                dice = " | ".join(_pct(r["dice"][k]) for k in sorted(r["dice"], key=int))
+                lines.append(f"| {arm.replace('_', ' ')} | {inputs[key]} | {dice} |")
+        return "\n".join(lines)
+    if name == "diffusion":
+        lines = [
+            "| model | Dice leaves | HD95 leaves (mm) | ECE | entropy AUROC for errors |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, r in res["arms"].items():
+            cells = [
+                arm.replace("_", " "),
+                _pct(r["dice_leaves"]),
+                _num(r["hd95_leaves"], 2),
+                _num(r["ece"]),
+                _num(r["auroc_entropy_error"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+    lines = [
+        "| sampler | denoiser evals / window | evals / case | s / case (median) | Dice leaves "
+        f"| Dice leaves on {len(res['ddpm_cases'])} DDPM case(s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in res["settings"]:
+        cells = [
+            r["setting"],
+            str(r["denoiser_evals_per_window"]),
+            f"{r['denoiser_evals_per_case']:.0f}",
+            _num(r["median_seconds_per_case"], 1),
+            f"{_pct(r['dice_leaves'])} (n={r['num_cases']})",
+            _pct(r["dice_leaves_ddpm_cases"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- writing
+
+
+def machine() -> dict:
+    from importlib import metadata  # noqa: PLC0415
+
+    cpu = ""
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0.0
+    if os.path.exists("/proc/meminfo"):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) / 2**20
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": metadata.version("jax"),
+        "commit": commit,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def suite_command(s: Settings) -> str:
+    """The tools/suite.py command line of these settings (non-default flags only)."""
+    cmd = ["python", "tools/suite.py", f"--out={s.out}"]
+    if s.quick:
+        cmd.append("--quick")
+    if s.data != "mni152":
+        cmd.append(f"--data={s.data}")
+    for flag, value in (("steps", s.steps), ("max_cases", s.max_cases)):
+        if value:
+            cmd.append(f"--{flag}={value}")
+    if s.ddpm_cases != 1:
+        cmd.append(f"--ddpm_cases={s.ddpm_cases}")
+    for flag, value in (("ddim_steps", s.ddim_steps), ("ensembles", s.ensembles)):
+        if value:
+            cmd.append(f"--{flag}={','.join(map(str, value))}")
+    if tuple(s.experiments) != EXPERIMENTS:
+        cmd.append(f"--experiments={','.join(s.experiments)}")
+    return shlex.join(cmd)
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _readme(
+    s: Settings, name: str, res: dict, mach: dict, jobs: list[EvalJob], plots: list[str], old: str
+) -> str:
+    runs = [j for j in jobs if name in j.experiments]
+    arms = list(dict.fromkeys(j.arm for j in runs))
+    cmds = [shlex.join(["python", *c[1:]]) for a in arms for c in train_commands(s, a)]
+    cmds += [shlex.join(["python", *eval_command(s, j)[1:]]) for j in runs]
+    parts = [
+        f"# {FOLDERS[name].replace('_', ' ').capitalize()}",
+        "",
+        f"**Question.** {QUESTIONS[name]}",
+        "",
+        "**Command** (the whole suite; this experiment's steps are below):",
+        "```bash",
+        suite_command(s),
+        "```",
+        "<details><summary>steps</summary>\n\n```bash\n" + "\n".join(cmds) + "\n```\n</details>",
+        "",
+        f"**Config.** `{s.config}` with the arm's flags above; {s.train_steps} training steps "
+        f"per arm; test split of `{s.data}`"
+        + (f" (first {s.cases} case(s))" if s.cases else "")
+        + "; windows overlap 0.25; seed 0; scored on each label map's own grid.",
+        "",
+        f"**Machine.** {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, "
+        f"{mach['platform']}, python {mach['python']}, jax {mach['jax']}, commit "
+        f"{mach['commit']}, {mach['date']}.",
+        "",
+        "**Result** (Dice x 100, mean over the test cases; from `results.json`):",
+        "",
+        table(name, res),
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+    ]
+    text = "\n".join(parts)
+    if READING in old:  # a hand-written reading survives a rerun
+        text += "\n" + old[old.index(READING) :]
+    return text
+
+
+def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
+    """Writes every chosen experiment's folder, the suite folder and the README block."""
+    mach = machine()
+    written, sections = [], []
+    for name in s.experiments:
+        res = BUILDERS[name](s)
+        folder = s.results / f"{s.date}_{FOLDERS[name]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        res = {
+            "experiment": name,
+            "question": QUESTIONS[name],
+            "run": str(s.out),
+            "machine": mach,
+            **res,
+        }
+        _atomic(folder / "results.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
+        plots = figures.plot(name, res, folder)
+        old = (folder / "README.md").read_text() if (folder / "README.md").exists() else ""
+        _atomic(folder / "README.md", _readme(s, name, res, mach, jobs, plots, old))
+        written.append(folder / "results.json")
+        logging.info("suite: wrote %s", folder)
+    # the tables of every experiment with results (also those of an earlier, partial run),
+    # read back from their results.json
+    for name in EXPERIMENTS:
+        folder = s.results / f"{s.date}_{FOLDERS[name]}"
+        if not (folder / "results.json").exists():
+            continue
+        res = json.loads((folder / "results.json").read_text())
+        rel = os.path.relpath(folder, s.readme.parent) if s.readme else str(folder)
+        title = FOLDERS[name].replace("_", " ").capitalize()
+        link = f"[{rel}/results.json]({rel}/results.json)"
+        sections.append(f"**{title}** ({link})\n\n{table(name, res)}")
+    block = "\n\n".join(sections)
+    suite = s.results / f"{s.date}_suite"
+    suite.mkdir(parents=True, exist_ok=True)
+    _atomic(suite / "table.md", block + "\n")
+    commands = (s.out / "commands.log").read_text() if (s.out / "commands.log").exists() else ""
+    _atomic(
+        suite / "suite.json",
+        json.dumps(
+            {
+                "command": suite_command(s),
+                "machine": mach,
+                "experiments": list(s.experiments),
+                "commands": commands.splitlines(),
+            },
+            indent=1,
+        )
+        + "\n",
+    )
+    if s.readme is not None:
+        text = s.readme.read_text()
+        if BEGIN not in text or END not in text:
+            raise ValueError(f"{s.readme}: no {BEGIN} ... {END} block to put the results in")
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        _atomic(s.readme, f"{head}{BEGIN}\n{block}\n{END}{tail}")
+    return written

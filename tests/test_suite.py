@@ -1,0 +1,114 @@
+"""tools/suite.py --quick: the whole experiment suite at CI size, its results and README tables."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("multiscale_vs_single", "lowres_entry", "diffusion_vs_deterministic", "cost_vs_quality")
+
+
+def _suite(out: Path, results: Path, readme: Path, data: Path, *extra: str):
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "suite.py"),
+        f"--out={out}",
+        "--quick",
+        f"--data={data}",
+        f"--results={results}",
+        "--date=2000-01-01",
+        f"--readme={readme}",
+        *extra,
+    ]
+    # one CPU device per process, as on a user's machine (conftest sets 8 for the tests)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=1800, cwd=out.parent, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _renderings(value) -> set[str]:
+    """The ways a number of results.json may be printed in a table."""
+    out = set()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return out
+    for v in (value, 100 * value):
+        out |= {f"{v:.0f}", f"{v:.1f}", f"{v:.2f}", f"{v:.3f}"}
+    return out
+
+
+def _numbers(obj) -> set[str]:
+    if isinstance(obj, dict):
+        return set().union(*(_numbers(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_numbers(v) for v in obj)) if obj else set()
+    return _renderings(obj)
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_path, tiny_mni_cache):
+    data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])
+    out, results = tmp_path / "run", tmp_path / "experiments"
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Results\n<!-- suite:begin -->\nold\n<!-- suite:end -->\n\nend\n")
+    _suite(out, results, readme, data)
+
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- suite:end -->\n\nend\n")
+    block = text.split("<!-- suite:begin -->")[1].split("<!-- suite:end -->")[0]
+    sections = block.strip().split("\n\n**")
+    assert len(sections) == 4
+    for folder, section in zip(FOLDERS, sections, strict=True):
+        exp = results / f"2000-01-01_{folder}"
+        res = json.loads((exp / "results.json").read_text())
+        assert (exp / f"{res['experiment']}.png").stat().st_size > 1000
+        assert f"{folder}/results.json" in section
+        table = [line for line in section.splitlines() if line.startswith("| ")][1:]
+        assert table
+        allowed = _numbers(res)
+        # every figure in the README table is a number of the results.json it links
+        for line in table:
+            for cell in line.split("|")[2:]:
+                for num in re.findall(r"(?<![\w.-])\d+\.\d+|(?<=\| )\d+(?= \|)", cell):
+                    assert num in allowed, (folder, line, num)
+        # ... and every results.json figure names the evaluation report it came from
+        for source in re.findall(r'"source": "([^"]+)"', (exp / "results.json").read_text()):
+            summary = json.loads((out / source).read_text())
+            assert summary["split"] == "test" and summary["num_cases"] == 1
+        assert "**Question.**" in (exp / "README.md").read_text()
+
+    diffusion = json.loads(
+        (results / "2000-01-01_diffusion_vs_deterministic/results.json").read_text()
+    )
+    assert set(diffusion["arms"]) == {"deterministic", "diffusion_ensemble1", "diffusion_ensemble2"}
+    for arm in diffusion["arms"].values():
+        assert 0 <= arm["ece"] <= 1 and sum(arm["reliability"]["count"]) > 0
+    lowres = json.loads((results / "2000-01-01_lowres_entry/results.json").read_text())
+    runs = lowres["arms"]
+    assert runs["mixed_entry"]["coarse_at_depth1"]["entry_depth"] == 1
+    assert runs["full_res_only"]["coarse_upsampled"]["input_depth"] == 1
+    assert runs["full_res_only"]["coarse_upsampled"]["entry_depth"] == 0
+    cost = json.loads((results / "2000-01-01_cost_vs_quality/results.json").read_text())
+    settings = {r["setting"]: r for r in cost["settings"]}
+    assert settings["DDPM-20"]["denoiser_evals_per_window"] == 20  # quick: a 20-step schedule
+    assert (
+        settings["DDIM-5"]["denoiser_evals_per_case"]
+        < settings["DDIM-10"]["denoiser_evals_per_case"]
+    )
+    single = json.loads((out / "single" / "config.json").read_text())
+    assert single["diffusion"]["depth_weights"] == [1.0, 0.0]
+
+    # a rerun resumes: nothing is trained or evaluated again, a hand-written reading survives
+    n_commands = len((out / "commands.log").read_text().splitlines())
+    note = results / "2000-01-01_multiscale_vs_single" / "README.md"
+    note.write_text(note.read_text() + "\n## Reading\nhand-written\n")
+    _suite(out, results, readme, data, "--experiments=multiscale")
+    assert len((out / "commands.log").read_text().splitlines()) == n_commands
+    assert note.read_text().endswith("## Reading\nhand-written\n")
