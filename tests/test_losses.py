@@ -184,14 +184,39 @@ def test_marginal_cross_entropy_and_dice_against_numpy():
     for b in range(2):
         present = set(np.unique(lab[b]).tolist()) - {255}
         for u in range(MNI.num_ids):
-            if u >= 7 and u not in present:
-                continue
             pu = (p[b] * member[u]).sum(-1)
             decided = inside[u][lab[b]] | outside[u][lab[b]]
             tu = inside[u][lab[b]]
+            if u >= 7 and u not in present:
+                continue
+            if u < 7 and not tu.any() and not decided[lab[b] < 255].all():
+                continue  # a leaf whose positives hide in partial labels: no Dice
             scores.append((2 * (pu * tu).sum() + 1e-5) / ((pu * decided).sum() + tu.sum() + 1e-5))
     got = float(losses.soft_dice_loss(jnp.asarray(p), SPACE.one_hot(jnp.asarray(ids)), SPACE))
     np.testing.assert_allclose(got, 1 - np.mean(scores), rtol=1e-5)
+
+
+def test_a_tissue_only_sample_scores_the_labels_it_defines():
+    """Dice of a sample labelled CSF / GM / WM (no sides): the mean over background and the
+    three tissues; the six side leaves, whose positives hide in the tissue voxels, are left
+    out. A leaf that some voxel carries is scored again."""
+    rng = np.random.default_rng(5)
+    tissues = [MNI.id_of(n) for n in ("CSF", "GM", "WM")]
+    ids = rng.choice([0, *tissues], size=(1, 8, 8, 8)).astype(np.uint8)
+    p = rng.dirichlet(np.ones(7), ids.shape).astype(np.float32)
+    member, inside = MNI.membership(), MNI.relations()[0]
+
+    def dice(u):  # every voxel decides background and the tissues
+        pu, tu = (p[0] * member[u]).sum(-1), inside[u][ids[0]]
+        return (2 * (pu * tu).sum() + 1e-5) / (pu.sum() + tu.sum() + 1e-5)
+
+    expect = 1 - np.mean([dice(u) for u in (0, *tissues)])
+    got = float(losses.soft_dice_loss(jnp.asarray(p), SPACE.one_hot(jnp.asarray(ids)), SPACE))
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    ids[0, 0, 0, 0] = MNI.id_of("Left-GM")  # now Left-GM has a positive: scored
+    p2 = SPACE.one_hot(jnp.asarray(ids))
+    with_leaf = float(losses.soft_dice_loss(jnp.asarray(p), p2, SPACE))
+    assert abs(with_leaf - got) > 1e-3
 
 
 @pytest.mark.parametrize("target", [sch.Target.X0, sch.Target.EPS])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Export each arm's final checkpoint and segment + score the 8 mni152 test subjects with it
 # (DDIM-10, window overlap 0.25, as the main job), then collect results.json.
-# Usage: bash eval_arms.sh OUT
+# Usage: bash eval_arms.sh OUT [TAG]  (TAG: results_TAG.json, dice_per_level_TAG.png)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=$1
@@ -13,4 +13,4 @@ for arm in full half_coarse dropped half_coarse_masked; do
   "$PY" tools/evaluate.py --model="$OUT/$arm/model" --data=mni152 --split=test \
     --output="$OUT/$arm/eval" --overlap=0.25 --batch=2
 done
-"$PY" experiments/2026-11-26_partial_labels/summarize.py "$OUT"
+"$PY" experiments/2026-11-26_partial_labels/summarize.py "$OUT" ${2:-}

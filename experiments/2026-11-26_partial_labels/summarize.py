@@ -1,8 +1,9 @@
 """Collect each arm's test-split evaluation into results.json and a Markdown table.
 
-Usage: python summarize.py OUT  (OUT/<arm>/eval/summary.json for arm in full, half_coarse,
+Usage: python summarize.py OUT [TAG]  (OUT/<arm>/eval/summary.json for arm in full, half_coarse,
 dropped, and half_coarse_masked where present: the ablation run at commit 1f6ca1f, whose
-diffusion regression skipped partially labelled voxels instead of fitting their marginal mask)
+diffusion regression skipped partially labelled voxels instead of fitting their marginal mask).
+With TAG, writes results_TAG.json and dice_per_level_TAG.png instead (e.g. a longer run).
 """
 
 import json
@@ -13,7 +14,8 @@ ARMS = ("full", "half_coarse", "dropped", "half_coarse_masked")
 LEVELS = {"0": "brain", "1": "tissue", "2": "leaves (tissue x side)"}
 
 
-def main(out: str) -> None:
+def main(out: str, tag: str = "") -> None:
+    suffix = f"_{tag}" if tag else ""
     out = Path(out)
     results = {}
     arms = [a for a in ARMS if (out / a / "eval" / "summary.json").is_file()]
@@ -34,7 +36,7 @@ def main(out: str) -> None:
             "train_wall_s": max(r.get("wall_s", 0) for r in metrics),
             "val_dice": [r["val_dice"] for r in metrics if "val_dice" in r][-1],
         }
-    (Path(__file__).parent / "results.json").write_text(json.dumps(results, indent=1))
+    (Path(__file__).parent / f"results{suffix}.json").write_text(json.dumps(results, indent=1))
     head = "| level | " + " | ".join(arms) + " |"
     lines = [head, "|---" * (len(arms) + 1) + "|"]
     for lv, name in LEVELS.items():
@@ -44,7 +46,7 @@ def main(out: str) -> None:
         cells = [f"{100 * results[a]['labels'][label]:.1f}" for a in arms]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
-    plot(results, arms, Path(__file__).parent / "dice_per_level.png")
+    plot(results, arms, Path(__file__).parent / f"dice_per_level{suffix}.png")
 
 
 def plot(results: dict, arms: list[str], path: Path) -> None:
@@ -68,4 +70,4 @@ def plot(results: dict, arms: list[str], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

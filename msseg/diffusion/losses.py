@@ -12,8 +12,10 @@ by 2^i at coarse depths; IGNORE is an all-zero row. A voxel labelled with a node
 
 - cross-entropy: -log sum_{k in S} p_k (the marginal likelihood; for a leaf, plain CE);
 - soft Dice per label u over the voxels that decide u (labelled inside u or outside it; a
-  partial label straddling u says nothing about u), averaged over the leaves and the partial
-  ids present in the sample; with leaf labels only this is the usual soft Dice over leaves;
+  partial label straddling u says nothing about u), averaged over the partial ids present in
+  the sample and the leaves whose Dice it defines (some voxel labelled inside the leaf, or
+  every labelled voxel deciding it); with leaf labels only this is the usual soft Dice over
+  all leaves;
 - diffusion regression: a partial voxel has no one-hot x0 to regress to (the uniform spread
   over S would teach "50 % left, 50 % right"), but its *marginal* mask is known: the
   predicted x0 is regressed on sum_{k in S} (x0_k + 1) / 2 = 1 and x0_k = -1 for k outside
@@ -171,9 +173,19 @@ def soft_dice_loss(
     inter = (q * t).sum(axes)
     denom = (q * d).sum(axes) + t.sum(axes)
     dice = (2 * inter + smooth) / (denom + smooth)  # [B, J]
-    scored = jnp.arange(sp.num_ids) < sp.num_leaves
-    scored = scored | (f.sum(axes) > 0)  # partial ids labelled in the sample
-    return 1.0 - (dice * scored).sum() / scored.sum()
+    labelled = f.sum(axes)  # [B, J] mass labelled with each id
+    leaf = jnp.arange(sp.num_ids) < sp.num_leaves
+    if sp.flat:
+        scored = leaf | (labelled > 0)
+    else:
+        # A leaf is scored where its Dice is defined: the sample labels some of it, or every
+        # labelled voxel decides it. In a tissue-only sample "Left-GM" has no labelled voxel
+        # and its positives hide in the "GM" voxels: its Dice would be a constant ~0 with no
+        # gradient, diluting the terms that do teach something.
+        mass = labelled.sum(-1, keepdims=True)
+        everywhere = d.sum(axes) >= mass * (1 - 1e-5)
+        scored = (leaf & (everywhere | (t.sum(axes) > 0))) | (~leaf & (labelled > 0))
+    return 1.0 - (dice * scored).sum() / jnp.maximum(scored.sum(), 1)
 
 
 def _weighted_mse(
