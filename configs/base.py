@@ -67,6 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.mse_weight = 1.0
     d.ce_weight = 0.0
     d.dice_weight = 0.0
+    # noising input at partially labelled voxels: "spread" over the node's leaves, or "draw"
+    # one of them per voxel (msseg.diffusion.losses.LossConfig.partial_noise)
+    d.partial_noise = "spread"
 
     # msseg.train.state.TrainConfig, key for key
     t = c.train = ml_collections.ConfigDict()

@@ -331,3 +331,32 @@ def test_a_space_of_the_used_ids_gives_the_same_losses():
     np.testing.assert_allclose(np.asarray(wa), np.asarray(wb))
     # an id outside the space is unlabelled there
     assert float(small.one_hot(jnp.asarray(np.uint8(MNI.id_of("WM")))).sum()) == 0
+
+
+def test_drawn_noising_input_keeps_leaves_and_gives_each_partial_cell_one_leaf_of_its_node():
+    ids = id_batch(15)
+    ids[0, :3] = GM
+    ids[1, :, :2] = MNI.id_of("Left-Hemisphere")
+    f = SPACE.one_hot(jnp.asarray(ids))
+    drawn = np.asarray(SPACE.leaf_draw(f, jax.random.key(0)))
+    spread = np.asarray(SPACE.leaf_spread(f))
+    leaf = ids < 7
+    np.testing.assert_array_equal(drawn[leaf], spread[leaf])  # leaf cells: their one-hot
+    assert set(np.unique(drawn)) <= {0.0, 1.0} and np.allclose(drawn.sum(-1), 1.0)
+    member = MNI.membership()
+    k = drawn.argmax(-1)
+    assert (member[ids[~leaf], k[~leaf]] == 1).all()  # the drawn leaf lies in the node
+    gm = k[ids == GM]  # both sides drawn, about evenly
+    assert 0.3 < np.mean(gm == L_GM) < 0.7 and np.all((gm == L_GM) | (gm == R_GM))
+    # pooled cells keep their mean: the average of many draws is the spread
+    pooled = losses.pyramid(f, 2)[1]
+    draws = np.mean(
+        [np.asarray(SPACE.leaf_draw(pooled, jax.random.key(i))) for i in range(200)], axis=0
+    )
+    np.testing.assert_allclose(draws, np.asarray(SPACE.leaf_spread(pooled)), atol=0.12)
+    only_leaves = SPACE.one_hot(jnp.asarray(id_batch(16)))  # nothing to draw: the same input
+    np.testing.assert_array_equal(
+        SPACE.leaf_draw(only_leaves, jax.random.key(1)), SPACE.leaf_spread(only_leaves)
+    )
+    with pytest.raises(ValueError, match="partial_noise"):
+        losses.LossConfig(partial_noise="uniform")

@@ -42,6 +42,7 @@ from msseg.diffusion import schedule as sch
 from msseg.models.resize import downsample
 
 EPS = 1e-6
+PARTIAL_NOISE = ("spread", "draw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,15 @@ class LossConfig:
     mse_weight: float = 1.0  # diffusion regression (ignored by the deterministic mode)
     ce_weight: float = 0.0  # cross-entropy on the predicted x0 (diffusion) or the logits
     dice_weight: float = 0.0  # soft Dice, same
+    # the noising input x0 at partially labelled cells: "spread" (the mean of S's one-hots)
+    # or "draw" (one leaf of S drawn per cell, so x_t looks like a labelled mask)
+    partial_noise: str = "spread"
+
+    def __post_init__(self):
+        if self.partial_noise not in PARTIAL_NOISE:
+            raise ValueError(
+                f"partial_noise must be one of {PARTIAL_NOISE}, got {self.partial_noise!r}"
+            )
 
 
 def depth_weights(num_outputs: int, weights: tuple[float, ...] = ()) -> np.ndarray:
@@ -127,6 +137,18 @@ class LabelSpace:
     def leaf_spread(self, f: jax.Array) -> jax.Array:
         """[..., J] id fractions → [..., K] leaf distribution (partial ids spread evenly)."""
         return f if self.flat else f @ self.spread
+
+    def leaf_draw(self, f: jax.Array, key: jax.Array) -> jax.Array:
+        """[..., J] → [..., K]: the leaf part of f, plus each cell's partial mass given to one
+        leaf drawn from the partial ids' spread (same mean as `leaf_spread`, but hard)."""
+        if self.flat:
+            return f
+        leaf = f[..., : self.num_leaves]
+        part = self.leaf_spread(f) - leaf  # [..., K] the partial mass, spread over S
+        mass = part.sum(axis=-1, keepdims=True)
+        logits = jnp.log(jnp.maximum(part, 0.0) + 1e-12)
+        drawn = jax.nn.one_hot(jax.random.categorical(key, logits), self.num_leaves)
+        return leaf + mass * drawn
 
     def leaf_fraction(self, f: jax.Array) -> jax.Array:
         """[..., J] → [...]: the share of a cell labelled with leaves (not partial, not IGNORE)."""
@@ -307,7 +329,8 @@ def model_loss(
 
     image [B, X, Y, Z, C] and label-id fractions f [B, X, Y, Z, J] (leaf targets when
     space is None), both already at the entry depth's resolution. Diffusion: t ~ U{0..T-1},
-    eps ~ N(0, I), x_t = q_sample(2 leaf_spread(f) - 1), then `diffusion_loss`;
+    eps ~ N(0, I), x_t = q_sample(2 y - 1) with y = leaf_spread(f) (or `leaf_draw`, see
+    LossConfig.partial_noise), then `diffusion_loss`;
     deterministic: `segmentation_loss`. `key` also drives dropout.
     """
     k_t, k_eps, k_drop = jax.random.split(key, 3)
@@ -315,7 +338,11 @@ def model_loss(
     if not model.cfg.diffusion:
         logits = model.apply(params, image, entry_depth=entry_depth, train=train, rngs=rngs)
         return segmentation_loss(logits, f, cfg, space)
-    y = _space(space, model.cfg.num_classes).leaf_spread(f)
+    sp = _space(space, model.cfg.num_classes)
+    if cfg.partial_noise == "draw":  # its own key: leaf-only runs draw the same numbers
+        y = sp.leaf_draw(f, jax.random.fold_in(key, 7))
+    else:
+        y = sp.leaf_spread(f)
     b = image.shape[0]
     t = jax.random.randint(k_t, (b,), 0, s.num_timesteps)
     eps = jax.random.normal(k_eps, y.shape, jnp.float32)

@@ -97,6 +97,7 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
         mse_weight=d["mse_weight"],
         ce_weight=d["ce_weight"],
         dice_weight=d["dice_weight"],
+        partial_noise=d.get("partial_noise", "spread"),  # runs from before the key
     )
     s = sch.make_schedule(d["schedule"], d["num_timesteps"]) if model_cfg.diffusion else None
     tcfg = TrainConfig(**_tuples(config.train.to_dict()))
