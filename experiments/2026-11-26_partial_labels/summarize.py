@@ -10,7 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-ARMS = ("full", "half_coarse", "dropped", "half_coarse_masked")
+ARMS = (
+    "full",
+    "half_coarse",
+    "dropped",
+    "half_coarse_masked",
+    "half_coarse_dice",  # + leaves undefined in a sample left out of its soft Dice (0bcf7bc)
+    "half_coarse_draw",  # + partial voxels noised from a drawn leaf (partial_noise=draw)
+)
 LEVELS = {"0": "brain", "1": "tissue", "2": "leaves (tissue x side)"}
 
 
