@@ -123,17 +123,17 @@ def _model_mode():
     print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")
 
 
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
 def _print_calibration(calib: dict) -> None:
     parts = calib.items() if "ece" not in calib else [(None, calib)]
     for depth, c in parts:
         at = "" if depth is None else f" (depth {depth})"
-
-        def fmt(x):
-            return "n/a" if x is None else f"{x:.4f}"
-
         print(
-            f"calibration{at}: ECE {fmt(c['ece'])}, entropy AUROC for errors "
-            f"{fmt(c['auroc_entropy_error'])}, error rate {fmt(c['error_rate'])} "
+            f"calibration{at}: ECE {_fmt(c['ece'])}, entropy AUROC for errors "
+            f"{_fmt(c['auroc_entropy_error'])}, error rate {_fmt(c['error_rate'])} "
             f"over {c['voxels']} voxels ({c['region']})"
         )
 

@@ -34,28 +34,29 @@ def _region(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (pred != 0) | (ref != 0)
 
 
-def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:
-    """Expected calibration error of `confidence` (in [0, 1]) against `correct` (bool)."""
+def _bins(confidence, correct, bins: int):
+    """Per equal-width bin of the confidence: (count, summed confidence, summed correct);
+    bin b holds (b/bins, (b+1)/bins], confidence 0 goes to the first."""
     conf = np.clip(np.asarray(confidence, np.float64).ravel(), 0.0, 1.0)
     ok = np.asarray(correct, bool).ravel()
     if conf.size != ok.size:
         raise ValueError(f"{conf.size} confidences for {ok.size} outcomes")
-    if conf.size == 0:
-        return math.nan
-    # bin b holds (b/bins, (b+1)/bins]; confidence 0 goes to the first bin
     idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    n = np.bincount(idx, minlength=bins)
     sum_conf = np.bincount(idx, weights=conf, minlength=bins)
-    sum_ok = np.bincount(idx, weights=ok.astype(np.float64), minlength=bins)
-    return float(np.abs(sum_ok - sum_conf).sum() / conf.size)
+    return n, sum_conf, np.bincount(idx, weights=ok.astype(np.float64), minlength=bins)
+
+
+def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:
+    """Expected calibration error of `confidence` (in [0, 1]) against `correct` (bool)."""
+    n, sum_conf, sum_ok = _bins(confidence, correct, bins)
+    total = int(n.sum())
+    return float(np.abs(sum_ok - sum_conf).sum() / total) if total else math.nan
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> dict:
     """Per bin (as `ece` bins them): voxel count, mean confidence and accuracy (None if empty)."""
-    conf = np.clip(np.asarray(confidence, np.float64).ravel(), 0.0, 1.0)
-    ok = np.asarray(correct, bool).ravel()
-    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    n = np.bincount(idx, minlength=bins)
-    sums = [np.bincount(idx, weights=w, minlength=bins) for w in (conf, ok.astype(np.float64))]
+    n, *sums = _bins(confidence, correct, bins)
     mean = [
         [round(float(v / c), 6) if c else None for v, c in zip(t, n, strict=True)] for t in sums
     ]

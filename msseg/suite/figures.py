@@ -1,21 +1,18 @@
-"""Plots of the experiment suite's results (matplotlib, Agg): one PNG per experiment."""
+"""Plots of the experiment suite's results: one PNG per experiment (matplotlib Figure objects,
+no pyplot state, as msseg.evaluation.plots)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -37,7 +34,8 @@ def _levels(r: dict) -> list[str]:
 
 def plot(name: str, res: dict, folder: Path) -> list[str]:
     """Writes the experiment's PNG into `folder`; returns the file names."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     if name == "multiscale":
         arms = res["arms"]
         labels = list(next(iter(arms.values()))["labels"])
