@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     p.batch_size = 2
     p.num_depths = 4
     p.foreground_ratio = 0.67
+    p.dataset_weights = ()  # patch share per dataset of a combined data.spec; () = per case
     p.flip_lr_prob = 0.5
     p.spatial_prob = 0.2
     p.max_rotation_deg = 10.0

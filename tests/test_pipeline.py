@@ -1,5 +1,7 @@
 """The grain patch pipeline: determinism, exact resume through orbax, process sharding, pyramid."""
 
+import dataclasses
+
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -159,3 +161,74 @@ def test_multiprocess_workers_match_shapes_and_resume(tiny_mni_cache, tmp_path):
     resumed = make()
     resumed.set_state(state)
     assert_batches_equal(take(resumed, 3), expected)
+
+
+# --------------------------------------------------------------------------- dataset weights
+
+
+@pytest.fixture(scope="module")
+def two_dataset_cache(tmp_path_factory):
+    """One cache of two datasets (SPEC "Full,Coarse"): two full-label cases, one coarse."""
+    from test_preprocess import _two
+
+    from msseg.data import preprocess
+
+    root = tmp_path_factory.mktemp("two")
+    spec = _two(root)
+    preprocess.run(spec, root / "prep", spacing=(2.0, 2.0, 2.0), workers=1, val_fraction=0.0)
+    return str(root / "prep")
+
+
+def _datasets_of(cache, batches) -> list[str]:
+    records = pipeline.CaseSource(cache, "train").records
+    return [records[int(c)]["dataset"] for b in batches for c in b["case"]]
+
+
+def test_dataset_weights_set_each_datasets_share_of_the_patches(two_dataset_cache):
+    cfg = dataclasses.replace(CFG, dataset_weights=(1.0, 3.0))
+    it = iter(pipeline.make_dataset(two_dataset_cache, "train", cfg, seed=0, shard=ONE))
+    seen = _datasets_of(two_dataset_cache, take(it, 8))  # 16 patches
+    assert seen.count("Coarse") == 12 and seen.count("Full") == 4  # 3 : 1, not 1 : 2 per case
+    # Both full cases still take turns, and every element keeps its index in the split.
+    cases = [c for b in take(it, 8) for c in b["case"].tolist()]
+    assert {0, 1} <= set(cases) <= {0, 1, 2}
+    # A weight of 0 leaves a dataset out; without weights every case is equally likely.
+    only = dataclasses.replace(CFG, dataset_weights=(0.0, 1.0))
+    it = iter(pipeline.make_dataset(two_dataset_cache, "train", only, seed=0, shard=ONE))
+    assert set(_datasets_of(two_dataset_cache, take(it, 4))) == {"Coarse"}
+    it = iter(pipeline.make_dataset(two_dataset_cache, "train", CFG, seed=0, shard=ONE))
+    assert _datasets_of(two_dataset_cache, take(it, 6)).count("Coarse") == 4  # 1 of 3 cases
+
+
+def test_dataset_weights_resume_through_orbax(two_dataset_cache, tmp_path):
+    cfg = dataclasses.replace(CFG, dataset_weights=(2.0, 1.0))
+    make = lambda: iter(pipeline.make_dataset(two_dataset_cache, "train", cfg, seed=4, shard=ONE))
+    it = make()
+    take(it, 3)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+    expected = take(it, 4)
+    resumed = make()
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.restore(
+            3, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(resumed))
+        )
+    assert_batches_equal(take(resumed, 4), expected)
+    again = take(make(), 7)  # the same stream for the same seed
+    assert_batches_equal(again[3:], expected)
+
+
+def test_bad_dataset_weights_name_the_problem(two_dataset_cache):
+    with pytest.raises(ValueError, match=r"must be >= 0"):
+        pipeline.PipelineConfig(dataset_weights=(1.0, -1.0))
+    with pytest.raises(ValueError, match=r"positive sum"):
+        pipeline.PipelineConfig(dataset_weights=(0.0, 0.0))
+    three = dataclasses.replace(CFG, dataset_weights=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"3 weights for the 2 datasets \['Full', 'Coarse'\]"):
+        pipeline.make_dataset(two_dataset_cache, "train", three, seed=0, shard=ONE)
+    # Two processes: the one coarse case cannot feed both.
+    cfg = dataclasses.replace(CFG, dataset_weights=(1.0, 1.0))
+    shard = grain.sharding.ShardOptions(shard_index=1, shard_count=2)
+    with pytest.raises(ValueError, match=r"shard 1/2 of 'train' of 'Coarse' is empty"):
+        pipeline.make_dataset(two_dataset_cache, "train", cfg, seed=0, shard=shard)

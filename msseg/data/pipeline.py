@@ -35,6 +35,9 @@ class PipelineConfig:
     batch_size: int = 2
     num_depths: int = 4  # label pyramid levels; the patch must divide by 2^(num_depths-1)
     foreground_ratio: float = 0.67  # share of patches centred on a labelled (non-background) voxel
+    # share of the patches drawn from each dataset of a combined SPEC ("a,b"), in SPEC order
+    # (normalised; 0 leaves a dataset out); () = every case equally often
+    dataset_weights: tuple[float, ...] = ()
     flip_lr_prob: float = 0.5
     spatial_prob: float = 0.2  # rotation/scaling
     max_rotation_deg: float = 10.0
@@ -55,19 +58,33 @@ class PipelineConfig:
             raise ValueError(
                 f"patch_size {self.patch_size} must divide by 2^(num_depths-1) = {step}"
             )
+        w = self.dataset_weights
+        if w and (any(not np.isfinite(x) or x < 0 for x in w) or sum(w) <= 0):
+            raise ValueError(f"dataset_weights {w} must be >= 0 with a positive sum")
 
 
 class CaseSource:
-    """Random access over the cases of one split of a preprocessed cache (arrays memory-mapped)."""
+    """Random access over the cases of one split of a preprocessed cache (arrays memory-mapped).
 
-    def __init__(self, cache: str, split: str):
+    dataset: keep only the cases of that dataset (a name of a combined cache's "dataset"); an
+    element's "case" stays its index among all the split's cases.
+    """
+
+    def __init__(self, cache: str, split: str, dataset: str | None = None):
         self.cache = str(cache)
         self.split = split
+        self.dataset = dataset
         manifest = load_manifest(cache)
-        self.records = [r for r in manifest["cases"].values() if r["split"] == split]
-        self.case_ids = [k for k, r in manifest["cases"].items() if r["split"] == split]
+        self.datasets = manifest["dataset"].split(",")  # SPEC order
+        rows = [(k, r) for k, r in manifest["cases"].items() if r["split"] == split]
+        self.index = [
+            i for i, (_, r) in enumerate(rows) if dataset is None or r.get("dataset") == dataset
+        ]
+        self.records = [rows[i][1] for i in self.index]
+        self.case_ids = [rows[i][0] for i in self.index]
         if not self.records:
-            raise ValueError(f"{cache}: no '{split}' cases in the manifest")
+            where = f" of dataset {dataset!r}" if dataset is not None else ""
+            raise ValueError(f"{cache}: no '{split}' cases{where} in the manifest")
         self.protocol = labels_lib.Protocol.from_json(manifest["protocol"])
 
     def __len__(self) -> int:
@@ -81,11 +98,11 @@ class CaseSource:
             "label": np.load(root / rec["files"]["label"], mmap_mode="r"),
             "fg": np.load(root / rec["files"]["fg"]),
             "pad_value": rec["pad_value"],
-            "case": index,
+            "case": self.index[index],
         }
 
     def __repr__(self) -> str:
-        return f"CaseSource(cache={self.cache!r}, split={self.split!r})"
+        return f"CaseSource(cache={self.cache!r}, split={self.split!r}, dataset={self.dataset!r})"
 
 
 class RandomPatch(grain.transforms.RandomMap):
@@ -156,17 +173,12 @@ def make_dataset(
     """
     source = CaseSource(cache, split)
     shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-    ds = grain.MapDataset.source(source)[shard.shard_index :: shard.shard_count]
-    if len(ds) == 0:
-        raise ValueError(
-            f"{cache}: shard {shard.shard_index}/{shard.shard_count} of '{split}' is empty"
-        )
-    ds = (
-        ds.seed(seed)
-        .shuffle()
-        .repeat(None)
-        .random_map(RandomPatch(cfg, source.protocol.lr_swap()))
-        .batch(cfg.batch_size, drop_remainder=True)
+    if cfg.dataset_weights:  # the mix's own seed drives the patches' randomness
+        ds = _weighted(source, cfg.dataset_weights, shard, seed).seed(seed)
+    else:
+        ds = _shuffled(source, shard, seed, f"'{split}'")
+    ds = ds.random_map(RandomPatch(cfg, source.protocol.lr_swap())).batch(
+        cfg.batch_size, drop_remainder=True
     )
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
@@ -176,6 +188,38 @@ def make_dataset(
             grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=2)
         )
     return it_ds
+
+
+def _shuffled(
+    source: CaseSource, shard: grain.sharding.ShardOptions, seed: int, what: str
+) -> grain.MapDataset:
+    """This process's slice of `source`, reshuffled every epoch, repeated forever."""
+    ds = grain.MapDataset.source(source)[shard.shard_index :: shard.shard_count]
+    if len(ds) == 0:
+        raise ValueError(
+            f"{source.cache}: shard {shard.shard_index}/{shard.shard_count} of {what} is empty"
+        )
+    return ds.seed(seed).shuffle().repeat(None)
+
+
+def _weighted(
+    source: CaseSource, weights: tuple[float, ...], shard: grain.sharding.ShardOptions, seed: int
+) -> grain.MapDataset:
+    """Each dataset of a combined cache shuffled and repeated on its own, then interleaved so
+    that dataset k gives weights[k] / sum(weights) of the cases (grain's MapDataset.mix)."""
+    if len(weights) != len(source.datasets):
+        raise ValueError(
+            f"{source.cache}: dataset_weights {tuple(weights)} has {len(weights)} weights for "
+            f"the {len(source.datasets)} datasets {source.datasets} of the cache (SPEC order)"
+        )
+    parts, shares = [], []
+    for k, (name, w) in enumerate(zip(source.datasets, weights, strict=True)):
+        if w > 0:
+            part = CaseSource(source.cache, source.split, dataset=name)
+            seq = np.random.SeedSequence([seed, k]).generate_state(1)[0]
+            parts.append(_shuffled(part, shard, int(seq), f"'{source.split}' of {name!r}"))
+            shares.append(float(w))
+    return grain.MapDataset.mix(parts, shares)
 
 
 def measure_throughput(
