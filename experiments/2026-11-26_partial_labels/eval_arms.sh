@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../.."
 OUT=$1
 PY=${PY:-python}
 export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
-for arm in full half_coarse dropped half_coarse_masked half_coarse_dice half_coarse_draw; do
+for arm in full half_coarse dropped half_coarse_masked half_coarse_dice half_coarse_draw \
+    half_coarse_w3; do
   [ -d "$OUT/$arm/checkpoints" ] || continue
   "$PY" tools/export.py --workdir="$OUT/$arm" --output="$OUT/$arm/model"
   "$PY" tools/evaluate.py --model="$OUT/$arm/model" --data=mni152 --split=test \
