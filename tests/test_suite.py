@@ -52,6 +52,20 @@ def _numbers(obj) -> set[str]:
     return _renderings(obj)
 
 
+def test_paired_differences_use_only_the_cases_both_arms_scored():
+    from msseg.suite.results import paired
+
+    a = {"case_dice": {"c1": 0.80, "c2": 0.70, "c3": 0.90, "only_a": 0.1}}
+    b = {"case_dice": {"c1": 0.75, "c2": 0.72, "c3": 0.84}}
+    p = paired(a, b)
+    assert p["n"] == 3 and p["wins"] == 2
+    assert p["mean"] == pytest.approx((0.05 - 0.02 + 0.06) / 3)
+    assert p["sd"] == pytest.approx(0.04358898943540674)  # sample s.d. of (.05, -.02, .06)
+    assert (p["min"], p["max"]) == (pytest.approx(-0.02), pytest.approx(0.06))
+    one = paired({"case_dice": {"c1": 0.8}}, b)
+    assert one["n"] == 1 and one["sd"] is None
+
+
 @pytest.mark.slow
 def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_path, tiny_mni_cache):
     data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])
@@ -90,6 +104,10 @@ def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_pa
     assert set(diffusion["arms"]) == {"deterministic", "diffusion_ensemble1", "diffusion_ensemble2"}
     for arm in diffusion["arms"].values():
         assert 0 <= arm["ece"] <= 1 and sum(arm["reliability"]["count"]) > 0
+    ms = json.loads((results / "2000-01-01_multiscale_vs_single/results.json").read_text())
+    assert ms["dice_leaves_paired"]["n"] == 1
+    assert ms["dice_leaves_paired"]["mean"] == pytest.approx(ms["dice_leaves_difference"])
+    assert set(diffusion["dice_leaves_paired"]) == {"diffusion_ensemble1", "diffusion_ensemble2"}
     lowres = json.loads((results / "2000-01-01_lowres_entry/results.json").read_text())
     runs = lowres["arms"]
     assert runs["mixed_entry"]["coarse_at_depth1"]["entry_depth"] == 1

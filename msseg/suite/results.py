@@ -102,6 +102,26 @@ def training(s: Settings, arm: str) -> dict:
     }
 
 
+def paired(a: dict, b: dict) -> dict:
+    """Leaf Dice of `a` minus `b` case by case, over the cases both scored: the mean, the
+    sample standard deviation, the extremes and how many cases `a` wins. The arms are scored
+    on the same test cases, so the spread of these differences, not that of the case Dice,
+    says whether a gap between two arms is more than case-to-case variation."""
+    cases = sorted(set(a["case_dice"]) & set(b["case_dice"]))
+    diffs = [a["case_dice"][c] - b["case_dice"][c] for c in cases]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else None
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else None
+    return {
+        "n": n,
+        "mean": mean,
+        "sd": sd,
+        "min": min(diffs, default=None),
+        "max": max(diffs, default=None),
+        "wins": sum(d > 0 for d in diffs),
+    }
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
@@ -135,24 +155,28 @@ def multiscale(s: Settings) -> dict:
         "training": {"multiscale": training(s, "ms_full"), "single_output": training(s, "single")},
         "dice_leaves_difference": arms["multiscale"]["dice_leaves"]
         - arms["single_output"]["dice_leaves"],
+        "dice_leaves_paired": paired(arms["multiscale"], arms["single_output"]),
     }
 
 
 def lowres(s: Settings) -> dict:
     spacing = training(s, "ms_mixed")["spacing_mm"][0]
+    mixed, upsampled = extract(s, "ms_mixed_depth1"), extract(s, "ms_full_input4x")
     return {
         "model_spacing_mm": spacing,
         "coarse_spacing_mm": 2 * spacing,
         "arms": {
             "mixed_entry": {
                 "full_res": extract(s, "ms_mixed_ddim10"),
-                "coarse_at_depth1": extract(s, "ms_mixed_depth1"),
+                "coarse_at_depth1": mixed,
             },
             "full_res_only": {
                 "full_res": extract(s, "ms_full"),
-                "coarse_upsampled": extract(s, "ms_full_input4x"),
+                "coarse_upsampled": upsampled,
             },
         },
+        # on the coarse scan: entered at depth 1 by the mixed model minus upsampled for the other
+        "coarse_dice_leaves_paired": paired(mixed, upsampled),
         "training": {
             "mixed_entry": training(s, "ms_mixed"),
             "full_res_only": training(s, "ms_full"),
@@ -166,8 +190,11 @@ def diffusion(s: Settings) -> dict:
         arms[f"diffusion_ensemble{e}"] = extract(
             s, "ms_mixed_ddim10" if e == 1 else f"ms_mixed_ens{e}"
         )
+    det = arms["deterministic"]
     return {
         "arms": arms,
+        # each diffusion ensemble minus the deterministic model
+        "dice_leaves_paired": {k: paired(r, det) for k, r in arms.items() if r is not det},
         "training": {
             "diffusion": training(s, "ms_mixed"),
             "deterministic": training(s, "det_mixed"),
@@ -192,6 +219,7 @@ def cost(s: Settings) -> dict:
     names += ["ms_mixed_multiscale", "ms_mixed_ddpm"]
     rows = {n: extract(s, n) for n in names}
     subset = list(rows["ms_mixed_ddpm"]["case_dice"])
+    ref = rows["ms_mixed_ddim10"]  # Settings keeps DDIM-10 in every sweep
     out = []
     for n, r in sorted(rows.items(), key=lambda kv: kv[1]["denoiser_evals_per_case"]):
         out.append(
@@ -205,6 +233,8 @@ def cost(s: Settings) -> dict:
                 "num_cases": r["num_cases"],
                 # on the cases the DDPM chain ran on, to compare with it
                 "dice_leaves_ddpm_cases": sum(r["case_dice"][c] for c in subset) / len(subset),
+                # minus DDIM-10 case by case
+                "dice_leaves_paired_vs_ddim10": paired(r, ref),
                 "source": r["source"],
             }
         )
@@ -233,10 +263,12 @@ def table(name: str, res: dict) -> str:
             if diff >= 0
             else f"**less accurate** than (by {_pct(-res['dice_leaves_difference'])} points)"
         )
+        p = res["dice_leaves_paired"]
+        spread = f", case by case {100 * p['sd']:.1f} s.d." if p["sd"] is not None else ""
         lines += [
             "",
             f"At the leaves the multiscale model is {verdict} the single-output one "
-            f"({diff:+.1f} Dice points).",
+            f"({diff:+.1f} Dice points{spread}; better on {p['wins']} of {p['n']} test cases).",
         ]
         return "\n".join(lines)
     if name == "lowres":
