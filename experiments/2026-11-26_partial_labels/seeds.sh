@@ -2,7 +2,7 @@
 # Partial-label arms at another seed (1600 steps): train (resumes from checkpoints), export,
 # evaluate on the 8 test subjects; an arm whose evaluation exists is skipped.
 # Usage: bash seeds.sh DATA OUT SEED ARM...   (DATA: make_data.py's folder, e.g. /tmp/pl1600/data;
-# ARM: full, dropped, half_coarse_draw, half_coarse_w3); then summarize.py OUT.
+# ARM: full, dropped, half_coarse_draw, half_coarse_w3, full_w3); then summarize.py OUT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 D=$1; OUT=$2; SEED=$3; shift 3
@@ -17,6 +17,8 @@ for arm in "$@"; do
     half_coarse_draw) flags=(--config.data.spec="$D/half_full,$D/half_coarse"
       --config.diffusion.partial_noise=draw) ;;
     half_coarse_w3) flags=(--config.data.spec="$D/half_full,$D/half_coarse"
+      --config.diffusion.partial_noise=draw "--config.data.pipeline.dataset_weights=(3,1)") ;;
+    full_w3) flags=(--config.data.spec="$D/half_full,$D/other_full"
       --config.diffusion.partial_noise=draw "--config.data.pipeline.dataset_weights=(3,1)") ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac
