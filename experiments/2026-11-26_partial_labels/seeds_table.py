@@ -3,7 +3,8 @@
 Usage: python seeds_table.py TAG0 TAG1 ...  (results_TAG.json files of summarize.py, one per
 seed, in seed order; e.g. 1600 1600_seed1). For each arm present in every file: the mean test
 Dice per tree level, each seed's value, and the differences the goal of the experiment is
-about (half_coarse_w3 minus full, and minus dropped), per seed and on average.
+about (half_coarse_w3 minus full, minus dropped, and minus full_w3: the same 3 : 1 sampling with
+all labels), per seed and on average.
 """
 
 import json
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ARMS = ("full", "dropped", "half_coarse_w3")
+ARMS = ("full", "dropped", "half_coarse_w3", "full_w3")
 LEVELS = {"0": "brain", "1": "tissue", "2": "leaves"}
 
 
@@ -25,7 +26,7 @@ def main(tags: list[str]) -> None:
             per_seed = [r[arm]["levels"][lv]["dice_mean"] for r in runs]
             out["arms"][arm][lv] = {"per_seed": per_seed, "mean": sum(per_seed) / len(runs)}
     if "half_coarse_w3" in arms:
-        for other in ("full", "dropped"):
+        for other in ("full", "dropped", "full_w3"):
             if other not in arms:
                 continue
             out["differences"][f"half_coarse_w3-{other}"] = {}
@@ -57,7 +58,7 @@ def main(tags: list[str]) -> None:
         for lv, d in per_level.items():
             each = " / ".join(f"{100 * x:+.1f}" for x in d["per_seed"])
             lines.append(
-                f"| {key.split('-')[1]} | {LEVELS[lv]} | {100 * d['mean']:+.1f} | {each} |"
+                f"| {key.split('-', 1)[1]} | {LEVELS[lv]} | {100 * d['mean']:+.1f} | {each} |"
             )
     print("\n".join(lines))
 

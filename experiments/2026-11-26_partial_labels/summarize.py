@@ -18,6 +18,7 @@ ARMS = (
     "half_coarse_dice",  # + leaves undefined in a sample left out of its soft Dice (0bcf7bc)
     "half_coarse_draw",  # + partial voxels noised from a drawn leaf (partial_noise=draw)
     "half_coarse_w3",  # as draw, 3/4 of the patches from the fully labelled half (03a17a8)
+    "full_w3",  # control: both halves with leaf labels, sampled 3 : 1 as half_coarse_w3
 )
 LEVELS = {"0": "brain", "1": "tissue", "2": "leaves (tissue x side)"}
 
