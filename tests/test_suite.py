@@ -66,6 +66,14 @@ def test_paired_differences_use_only_the_cases_both_arms_scored():
     assert one["n"] == 1 and one["sd"] is None
 
 
+def test_published_commands_name_repo_paths_relative_to_the_repo():
+    from msseg.suite.plan import ROOT as repo
+    from msseg.suite.plan import shown
+
+    cmd = [sys.executable, "tools/train.py", f"--workdir={repo / 'runs' / 'a'}", "--out=/else/x"]
+    assert shown(cmd) == "python tools/train.py --workdir=runs/a --out=/else/x"
+
+
 @pytest.mark.slow
 def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_path, tiny_mni_cache):
     data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])
@@ -97,6 +105,9 @@ def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_pa
             summary = json.loads((out / source).read_text())
             assert summary["split"] == "test" and summary["num_cases"] == 1
         assert "**Question.**" in (exp / "README.md").read_text()
+        # the machine line says when the evaluations (and their wall times) ran
+        first, last = res["evaluated"]
+        assert f"finished between {first} and {last}" in (exp / "README.md").read_text()
 
     diffusion = json.loads(
         (results / "2000-01-01_diffusion_vs_deterministic/results.json").read_text()

@@ -94,6 +94,13 @@ class Settings:
         return flags
 
 
+def shown(cmd: list[str]) -> str:
+    """A command as logged and published: `python`, and paths under the repo relative to it
+    (every binary runs from the repo root, so the line runs as shown from a clone)."""
+    prefix = str(ROOT) + os.sep
+    return shlex.join(["python", *(a.replace(prefix, "") for a in cmd[1:])])
+
+
 def _tuple(values) -> str:
     return "(" + "".join(f"{v}," for v in values) + ")"
 
@@ -177,10 +184,10 @@ def _run(s: Settings, cmd: list[str], log_name: str) -> float:
     commands.log and its output to logs/<log_name>.log; a failure raises with the log's tail."""
     s.out.mkdir(parents=True, exist_ok=True)
     (s.out / "logs").mkdir(exist_ok=True)
-    shown = shlex.join(["python", *cmd[1:]])
+    line = shown(cmd)
     with open(s.out / "commands.log", "a") as f:
-        f.write(shown + "\n")
-    logging.info("suite: %s", shown)
+        f.write(line + "\n")
+    logging.info("suite: %s", line)
     log = s.out / "logs" / f"{log_name}.log"
     start = time.perf_counter()
     with open(log, "w") as f:
@@ -188,7 +195,7 @@ def _run(s: Settings, cmd: list[str], log_name: str) -> float:
     seconds = time.perf_counter() - start
     if proc.returncode:
         tail = log.read_text()[-3000:]
-        raise RuntimeError(f"{shown} failed ({proc.returncode}); end of {log}:\n{tail}")
+        raise RuntimeError(f"{line} failed ({proc.returncode}); end of {log}:\n{tail}")
     return seconds
 
 
@@ -244,7 +251,7 @@ def train_arm(s: Settings, arm: str) -> None:
     done["train_s"].append(round(_run(s, train_cmd, f"train_{arm}"), 1))
     done["export_s"] = round(_run(s, export_cmd, f"export_{arm}"), 1)
     done["steps"] = s.train_steps
-    done["commands"] = [shlex.join(["python", *c[1:]]) for c in (train_cmd, export_cmd)]
+    done["commands"] = [shown(c) for c in (train_cmd, export_cmd)]
     record.write_text(json.dumps(done, indent=1) + "\n")
 
 

@@ -18,7 +18,15 @@ from pathlib import Path
 from absl import logging
 
 from msseg.suite import figures
-from msseg.suite.plan import EXPERIMENTS, ROOT, EvalJob, Settings, eval_command, train_commands
+from msseg.suite.plan import (
+    EXPERIMENTS,
+    ROOT,
+    EvalJob,
+    Settings,
+    eval_command,
+    shown,
+    train_commands,
+)
 
 FOLDERS = {
     "multiscale": "multiscale_vs_single",
@@ -98,7 +106,8 @@ def training(s: Settings, arm: str) -> dict:
         "train_wall_s": round(sum(record["train_s"]), 1),
         "final_validation_dice_leaves": val,
         "spacing_mm": cfg["data"]["spacing"],
-        "commands": record["commands"],
+        # as published (paths relative to the repo), also for records of older runs
+        "commands": [c.replace(str(ROOT) + os.sep, "") for c in record["commands"]],
     }
 
 
@@ -357,7 +366,7 @@ def machine() -> dict:
 
 def suite_command(s: Settings) -> str:
     """The tools/suite.py command line of these settings (non-default flags only)."""
-    cmd = ["python", "tools/suite.py", f"--out={s.out}"]
+    cmd = ["python", "tools/suite.py", f"--out={_repo_relative(s.out)}"]
     if s.quick:
         cmd.append("--quick")
     if s.data != "mni152":
@@ -375,6 +384,26 @@ def suite_command(s: Settings) -> str:
     return shlex.join(cmd)
 
 
+def _repo_relative(path: Path) -> str:
+    return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
+
+
+def evaluated(s: Settings, jobs: list[EvalJob]) -> list[str]:
+    """When the evaluations' reports were written (first, last; UTC): the time their wall
+    times were measured, which may be long before the results are written."""
+    stamps = sorted(
+        (s.out / "eval" / j.name / "summary.json").stat().st_mtime
+        for j in jobs
+        if (s.out / "eval" / j.name / "summary.json").exists()
+    )
+    if not stamps:
+        return []
+    return [
+        datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        for t in (stamps[0], stamps[-1])
+    ]
+
+
 def _atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -386,8 +415,8 @@ def _readme(
 ) -> str:
     runs = [j for j in jobs if name in j.experiments]
     arms = list(dict.fromkeys(j.arm for j in runs))
-    cmds = [shlex.join(["python", *c[1:]]) for a in arms for c in train_commands(s, a)]
-    cmds += [shlex.join(["python", *eval_command(s, j)[1:]]) for j in runs]
+    cmds = [shown(c) for a in arms for c in train_commands(s, a)]
+    cmds += [shown(eval_command(s, j)) for j in runs]
     parts = [
         f"# {FOLDERS[name].replace('_', ' ').capitalize()}",
         "",
@@ -406,7 +435,12 @@ def _readme(
         "",
         f"**Machine.** {mach['cpu']}, {mach['cores']} cores, {mach['memory_gib']} GiB, "
         f"{mach['platform']}, python {mach['python']}, jax {mach['jax']}, commit "
-        f"{mach['commit']}, {mach['date']}.",
+        f"{mach['commit']}, written {mach['date']}"
+        + (
+            f"; its evaluations finished between {res['evaluated'][0]} and {res['evaluated'][1]}."
+            if res.get("evaluated")
+            else "."
+        ),
         "",
         "**Result** (Dice x 100, mean over the test cases; from `results.json`):",
         "",
@@ -432,8 +466,9 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
         res = {
             "experiment": name,
             "question": QUESTIONS[name],
-            "run": str(s.out),
+            "run": _repo_relative(s.out),
             "machine": mach,
+            "evaluated": evaluated(s, [j for j in jobs if name in j.experiments]),
             **res,
         }
         _atomic(folder / "results.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
@@ -465,7 +500,7 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
                 "command": suite_command(s),
                 "machine": mach,
                 "experiments": list(s.experiments),
-                "commands": commands.splitlines(),
+                "commands": [c.replace(str(ROOT) + os.sep, "") for c in commands.splitlines()],
             },
             indent=1,
         )
