@@ -320,7 +320,7 @@ def table(name: str, res: dict) -> str:
         cells = [
             r["setting"],
             str(r["denoiser_evals_per_window"]),
-            f"{r['denoiser_evals_per_case']:.0f}",
+            f"{r['denoiser_evals_per_case']:g}",
             _num(r["median_seconds_per_case"], 1),
             f"{_pct(r['dice_leaves'])} (n={r['num_cases']})",
             _pct(r["dice_leaves_ddpm_cases"]),
