@@ -18,13 +18,18 @@ from msseg.train import checkpoint, loop, validate
 HERE = Path(__file__).resolve().parent
 
 
+def load_arm(wd: Path):
+    """(config, cache, training setup) of the suite arm trained in workdir `wd`."""
+    cfg = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
+    cache = loop.ensure_cache(cfg, wd)
+    return cfg, cache, loop.build_setup(cfg, cache)
+
+
 def main(run: str, arms: list[str]) -> None:
     out = {}
     for arm in arms:
         wd = Path(run) / arm
-        cfg = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
-        cache = loop.ensure_cache(cfg, wd)
-        setup = loop.build_setup(cfg, cache)
+        cfg, cache, setup = load_arm(wd)
         _, ema, step = checkpoint.restore_params(wd)
         valset = validate.load_valset(cache, "test", (0,), 2 ** (setup.model.cfg.num_depths - 1))
         segmenter = validate.make_segmenter(

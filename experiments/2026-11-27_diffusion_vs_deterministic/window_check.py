@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
+from grid_check import load_arm  # this folder's script
 
 from msseg.data.pipeline import CaseSource
 from msseg.diffusion import segment as seg
 from msseg.inference import model as model_lib
 from msseg.inference import predict
-from msseg.train import checkpoint, loop, validate
+from msseg.train import checkpoint, validate
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,9 +28,7 @@ def main(run: str, n: int, arms: list[str]) -> None:
     out = {}
     for arm in arms:
         wd = Path(run) / arm
-        cfg = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
-        cache = loop.ensure_cache(cfg, wd)
-        setup = loop.build_setup(cfg, cache)
+        _, cache, setup = load_arm(wd)
         source = CaseSource(cache, "test")
         cases = [source[i] for i in range(n)]
         protocol = setup.protocol
