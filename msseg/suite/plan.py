@@ -94,11 +94,15 @@ class Settings:
         return flags
 
 
+def repo_relative(text: str) -> str:
+    """`text` with every path under the repo made relative to it."""
+    return text.replace(str(ROOT) + os.sep, "")
+
+
 def shown(cmd: list[str]) -> str:
     """A command as logged and published: `python`, and paths under the repo relative to it
     (every binary runs from the repo root, so the line runs as shown from a clone)."""
-    prefix = str(ROOT) + os.sep
-    return shlex.join(["python", *(a.replace(prefix, "") for a in cmd[1:])])
+    return shlex.join(["python", *(repo_relative(a) for a in cmd[1:])])
 
 
 def _tuple(values) -> str:

@@ -24,6 +24,7 @@ from msseg.suite.plan import (
     EvalJob,
     Settings,
     eval_command,
+    repo_relative,
     shown,
     train_commands,
 )
@@ -107,7 +108,7 @@ def training(s: Settings, arm: str) -> dict:
         "final_validation_dice_leaves": val,
         "spacing_mm": cfg["data"]["spacing"],
         # as published (paths relative to the repo), also for records of older runs
-        "commands": [c.replace(str(ROOT) + os.sep, "") for c in record["commands"]],
+        "commands": [repo_relative(c) for c in record["commands"]],
     }
 
 
@@ -500,7 +501,7 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
                 "command": suite_command(s),
                 "machine": mach,
                 "experiments": list(s.experiments),
-                "commands": [c.replace(str(ROOT) + os.sep, "") for c in commands.splitlines()],
+                "commands": [repo_relative(c) for c in commands.splitlines()],
             },
             indent=1,
         )
