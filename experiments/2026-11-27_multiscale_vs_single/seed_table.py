@@ -14,6 +14,12 @@ from msseg.suite.results import extract, paired
 HERE = Path(__file__).resolve().parent
 
 
+def _final_val(workdir: Path) -> float:
+    """The last validation leaf Dice of a training run (metrics.jsonl)."""
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["val_dice"] for r in rows if "val_dice" in r][-1]
+
+
 def main(args: list[str]) -> None:
     seeds = {}
     for arg in args:
@@ -29,8 +35,12 @@ def main(args: list[str]) -> None:
                     "dice": a["dice"],
                     "hd95_leaves": a["hd95_leaves"],
                     "dice_leaves": a["dice_leaves"],
+                    "final_validation_dice_leaves": _final_val(Path(run) / arm),
                 }
-                for name, a in (("multiscale", ms), ("single_output", single))
+                for name, arm, a in (
+                    ("multiscale", "ms_full", ms),
+                    ("single_output", "single", single),
+                )
             },
             "dice_leaves_paired": paired(ms, single),
         }
