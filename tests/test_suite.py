@@ -74,6 +74,18 @@ def test_published_commands_name_repo_paths_relative_to_the_repo():
     assert shown(cmd) == "python tools/train.py --workdir=runs/a --out=/else/x"
 
 
+def test_a_training_seed_reaches_every_arm_and_the_published_command(tmp_path):
+    from msseg.suite.plan import Settings, arms
+    from msseg.suite.results import suite_command
+
+    base = Settings(out=tmp_path, results=tmp_path, date="d")
+    seeded = Settings(out=tmp_path, results=tmp_path, date="d", seed=1)
+    assert not any("--config.seed" in f for flags in arms(base).values() for f in flags)
+    for flags in arms(seeded).values():
+        assert flags.count("--config.seed=1") == 1
+    assert "--seed=1" in suite_command(seeded) and "--seed" not in suite_command(base)
+
+
 @pytest.mark.slow
 def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_path, tiny_mni_cache):
     data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])

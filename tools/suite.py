@@ -35,6 +35,7 @@ flags.DEFINE_list("ensembles", [], "Ensemble sizes swept, with 1 (default 1,4,8;
 flags.DEFINE_list(
     "experiments", ["multiscale", "lowres", "diffusion", "cost"], "Experiments to run."
 )
+flags.DEFINE_integer("seed", 0, "Training seed of every arm (config.seed).")
 flags.DEFINE_string("readme", None, "README whose results block gets the tables.")
 flags.mark_flag_as_required("out")
 
@@ -64,6 +65,7 @@ def main(argv):
             ddim_steps=tuple(int(n) for n in FLAGS.ddim_steps),
             ensembles=tuple(int(n) for n in FLAGS.ensembles),
             experiments=tuple(FLAGS.experiments),
+            seed=FLAGS.seed,
             readme=Path(FLAGS.readme).resolve() if FLAGS.readme else None,
             python=sys.executable,
         )

@@ -1,5 +1,6 @@
 """Multiscale (ms_full) vs single-output (single) at each training seed, from the evaluation
-reports of the suite's run (seed 0) and of seed.sh's runs, into results_seeds.json.
+reports of suite runs (`tools/suite.py --seed=N --experiments=multiscale`), into
+results_seeds.json.
 
   python experiments/2026-11-27_multiscale_vs_single/seed_table.py 0=runs/suite 1=runs/suite_seed1
 """

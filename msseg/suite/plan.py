@@ -47,6 +47,7 @@ class Settings:
     ddim_steps: tuple[int, ...] = ()  # () = (5, 10, 25, 50), or (5, 10) quick
     ensembles: tuple[int, ...] = ()  # () = (1, 4, 8), or (1, 2) quick
     experiments: tuple[str, ...] = EXPERIMENTS
+    seed: int = 0  # training seed of every arm (config.seed)
     readme: Path | None = None  # README whose results block is replaced
     python: str = sys.executable
 
@@ -91,6 +92,8 @@ class Settings:
         ]
         if self.quick:  # DDPM over 20 steps instead of 1000: the same code, CI-sized
             flags.append("--config.diffusion.num_timesteps=20")
+        if self.seed:
+            flags.append(f"--config.seed={self.seed}")
         return flags
 
 

@@ -375,6 +375,8 @@ def suite_command(s: Settings) -> str:
     for flag, value in (("steps", s.steps), ("max_cases", s.max_cases)):
         if value:
             cmd.append(f"--{flag}={value}")
+    if s.seed:
+        cmd.append(f"--seed={s.seed}")
     if s.ddpm_cases != 1:
         cmd.append(f"--ddpm_cases={s.ddpm_cases}")
     for flag, value in (("ddim_steps", s.ddim_steps), ("ensembles", s.ensembles)):
