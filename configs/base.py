@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m = c.model = ml_collections.ConfigDict()
     m.image_channels = 1
     m.channels = (32, 64, 128)
-    m.num_res_blocks = 2
+    m.num_res_blocks = (2,)  # one count for every depth, or one per depth (0: none there)
     m.norm_groups = 8
     m.dropout = 0.0
     m.attention_depths = ()
@@ -63,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d = c.diffusion = ml_collections.ConfigDict()
     d.schedule = "linear"  # "linear" | "cosine" (linear: lower SNR, better for binary masks)
     d.num_timesteps = 1000
-    d.target = "x0"  # "eps" | "x0" | "v"
+    d.target = "x0"  # "eps" | "x0" | "v" | "logits" (softmax: CE and Dice act on it directly)
     d.depth_weights = ()  # () = 1/2^d normalised
     d.mse_weight = 1.0
     d.ce_weight = 0.0
@@ -71,6 +71,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # noising input at partially labelled voxels: "spread" over the node's leaves, or "draw"
     # one of them per voxel (msseg.diffusion.losses.LossConfig.partial_noise)
     d.partial_noise = "spread"
+    # the chain diffuses signal_scale * mask (input scaling; < 1 makes the mask harder to read
+    # from x_t, so more of the drawn timesteps teach something)
+    d.signal_scale = 1.0
+    # the timesteps training draws: "all" (0..T-1) or "sampler" (the DDIM timesteps of
+    # sampler.steps, the only ones a few-step chain visits)
+    d.train_timesteps = "all"
+    # recycling: the share of examples whose x_t noises the model's own estimate (from pure
+    # noise, no gradient) instead of the truth, as sampling does (x0 / logits targets)
+    d.recycle_prob = 0.0
 
     # msseg.train.state.TrainConfig, key for key
     t = c.train = ml_collections.ConfigDict()

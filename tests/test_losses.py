@@ -10,6 +10,8 @@ from msseg.diffusion import schedule as sch
 from msseg.labels import IGNORE, get_protocol
 
 S = sch.make_schedule("cosine", 50)
+# the targets with an exact value to regress to (the logits of a one-hot mask are infinite)
+REGRESSION_TARGETS = [t for t in sch.Target if t is not sch.Target.LOGITS]
 
 
 def pool(a, f):
@@ -30,7 +32,7 @@ def test_depth_weights():
         losses.depth_weights(3, (1.0, -1.0, 1.0))
 
 
-@pytest.mark.parametrize("target", list(sch.Target))
+@pytest.mark.parametrize("target", REGRESSION_TARGETS)
 def test_exact_predictions_give_zero_diffusion_loss(target):
     y = one_hot_batch()
     eps = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
@@ -278,7 +280,7 @@ def test_mixed_label_sets_batch_together():
     assert abs(float(both) - float(base)) > 1e-3
 
 
-@pytest.mark.parametrize("target", list(sch.Target))
+@pytest.mark.parametrize("target", REGRESSION_TARGETS)
 def test_a_node_label_regresses_the_marginal_mask(target):
     """A "GM" voxel: any left/right split of a GM prediction costs nothing in the diffusion
     regression; mass outside GM does. With leaf labels it is the plain squared error."""

@@ -12,6 +12,8 @@ from msseg.diffusion import schedule as sd
 from msseg.diffusion.schedule import Target
 
 SHAPE = (2, 4, 4, 4, 3)
+# the targets with an exact value to regress to (the logits of a one-hot mask are infinite)
+REGRESSION_TARGETS = [t for t in Target if t is not Target.LOGITS]
 
 
 def ref_ab(kind, T):
@@ -150,7 +152,7 @@ def test_ddim_timesteps_errors():
         samplers.ddim_timesteps(10, 2, t_start=10)
 
 
-@pytest.mark.parametrize("target", list(Target))
+@pytest.mark.parametrize("target", REGRESSION_TARGETS)
 @pytest.mark.parametrize("steps", [5, 50])
 def test_ddim_oracle_recovers_x0(target, steps):
     s = sd.make_schedule("cosine", 1000)
@@ -162,7 +164,7 @@ def test_ddim_oracle_recovers_x0(target, steps):
     np.testing.assert_allclose(out, x0, atol=1e-4)
 
 
-@pytest.mark.parametrize("target", list(Target))
+@pytest.mark.parametrize("target", REGRESSION_TARGETS)
 def test_ddpm_oracle_recovers_x0(target):
     s = sd.make_schedule("linear", 50)
     x0, noise = random_x0_noise(3)

@@ -11,6 +11,8 @@ from msseg.diffusion import schedule as sd
 from msseg.diffusion.schedule import Target
 
 SHAPE = (2, 4, 4, 4, 3)
+# the targets with an exact value to regress to (the logits of a one-hot mask are infinite)
+REGRESSION_TARGETS = [t for t in Target if t is not Target.LOGITS]
 
 
 def ref_betas(kind, T):
@@ -173,7 +175,7 @@ def test_conversions_invert_each_other(kind):
         np.testing.assert_allclose(x0_rt, x0, atol=1e-5)
 
 
-@pytest.mark.parametrize("target", list(Target))
+@pytest.mark.parametrize("target", REGRESSION_TARGETS)
 def test_target_from_and_to_x0_eps(target):
     T = 1000
     s = sd.make_schedule("cosine", T)

@@ -55,12 +55,30 @@ class LossConfig:
     # the noising input x0 at partially labelled cells: "spread" (the mean of S's one-hots)
     # or "draw" (one leaf of S drawn per cell, so x_t looks like a labelled mask)
     partial_noise: str = "spread"
+    # the chain diffuses signal_scale * x0 (input scaling; schedule.py): < 1 leaves the mask
+    # harder to read from x_t, so more of the drawn t teach the model something
+    signal_scale: float = 1.0
+    # the timesteps training draws t from (uniformly); () = all of 0..T-1. The sampler's own
+    # DDIM timesteps train exactly the steps a few-step chain takes.
+    timesteps: tuple[int, ...] = ()
+    # recycling (ImgX-DiffSeg, Fu et al. 2023): with this probability per example, x_t noises
+    # the model's own estimate from pure noise (no gradient through it) instead of the truth,
+    # as the sampler's chain does; the loss still compares with the truth. x0 / logits targets.
+    recycle_prob: float = 0.0
 
     def __post_init__(self):
         if self.partial_noise not in PARTIAL_NOISE:
             raise ValueError(
                 f"partial_noise must be one of {PARTIAL_NOISE}, got {self.partial_noise!r}"
             )
+        if not self.signal_scale > 0:
+            raise ValueError(f"signal_scale must be > 0, got {self.signal_scale}")
+        if not 0.0 <= self.recycle_prob <= 1.0:
+            raise ValueError(f"recycle_prob must lie in [0, 1], got {self.recycle_prob}")
+        if self.recycle_prob and self.target not in (sch.Target.X0, sch.Target.LOGITS):
+            raise ValueError("recycling needs an x0 or logits target (the truth is x0)")
+        if any(t < 0 for t in self.timesteps):
+            raise ValueError(f"timesteps must be >= 0, got {self.timesteps}")
 
 
 def depth_weights(num_outputs: int, weights: tuple[float, ...] = ()) -> np.ndarray:
@@ -263,20 +281,28 @@ def diffusion_loss(
     n = len(preds)
     weights = depth_weights(n, cfg.depth_weights)
     fs, xts, epss = pyramid(f, n), pyramid(x_t, n), pyramid(eps, n)
+    b = cfg.signal_scale
+    logits = cfg.target is sch.Target.LOGITS
     total, metrics = 0.0, {}
     for i, pred in enumerate(preds):
         x0_i = 2.0 * sp.leaf_spread(fs[i]) - 1.0
-        target = sch.target_from(s, x0_i, epss[i], t, cfg.target)
-        x0_hat = None
-        if cfg.ce_weight or cfg.dice_weight or not sp.flat:
-            x0_hat, _ = sch.to_x0_eps(s, xts[i], t, pred, cfg.target)
+        p = x0_hat = None
+        if logits:  # the estimate is a distribution: losses on the softmax itself
+            p = jax.nn.softmax(pred, axis=-1)
+            x0_hat = 2.0 * p - 1.0
+            reg, target = x0_hat, x0_i
+        else:
+            reg, target = pred, sch.target_from(s, x0_i, epss[i], t, cfg.target, b)
+        if x0_hat is None and (cfg.ce_weight or cfg.dice_weight or not sp.flat):
+            x0_hat = sch.to_x0_eps(s, xts[i], t, pred, cfg.target, b)[0] / b
         partial = None
         if not sp.flat:  # in the target's units, like the leaf part
             err, w = marginal_sq_error(x0_hat, fs[i], sp)
-            partial = (err * sch.x0_error_scale(s, t, cfg.target, err), w)
-        terms = {"mse": _weighted_mse(pred, target, sp.leaf_fraction(fs[i]), partial)}
+            partial = (err * sch.x0_error_scale(s, t, cfg.target, err, b), w)
+        terms = {"mse": _weighted_mse(reg, target, sp.leaf_fraction(fs[i]), partial)}
         if cfg.ce_weight or cfg.dice_weight:
-            p = x0_to_probs(jnp.clip(x0_hat, -1.0, 1.0))
+            if p is None:
+                p = x0_to_probs(jnp.clip(x0_hat, -1.0, 1.0))
             terms["ce"] = cross_entropy(p, fs[i], sp)
             terms["dice"] = soft_dice_loss(p, fs[i], sp)
         depth_loss = cfg.mse_weight * terms["mse"]
@@ -328,10 +354,11 @@ def model_loss(
     """One training objective evaluation for a MultiscaleUNet (diffusion or deterministic).
 
     image [B, X, Y, Z, C] and label-id fractions f [B, X, Y, Z, J] (leaf targets when
-    space is None), both already at the entry depth's resolution. Diffusion: t ~ U{0..T-1},
-    eps ~ N(0, I), x_t = q_sample(2 y - 1) with y = leaf_spread(f) (or `leaf_draw`, see
-    LossConfig.partial_noise), then `diffusion_loss`;
-    deterministic: `segmentation_loss`. `key` also drives dropout.
+    space is None), both already at the entry depth's resolution. Diffusion: t ~ U{0..T-1}
+    (or uniform over `cfg.timesteps`), eps ~ N(0, I), x_t = q_sample(b (2 y - 1)) with
+    y = leaf_spread(f) (or `leaf_draw`, see LossConfig.partial_noise) and b the signal scale
+    (recycled examples noise the model's own stop-gradient estimate from x_{T-1} instead),
+    then `diffusion_loss`; deterministic: `segmentation_loss`. `key` also drives dropout.
     """
     k_t, k_eps, k_drop = jax.random.split(key, 3)
     rngs = {"dropout": k_drop}
@@ -344,9 +371,41 @@ def model_loss(
     else:
         y = sp.leaf_spread(f)
     b = image.shape[0]
-    t = jax.random.randint(k_t, (b,), 0, s.num_timesteps)
+    if cfg.timesteps:
+        choices = jnp.asarray(cfg.timesteps, jnp.int32)
+        t = choices[jax.random.randint(k_t, (b,), 0, len(cfg.timesteps))]
+    else:
+        t = jax.random.randint(k_t, (b,), 0, s.num_timesteps)
     eps = jax.random.normal(k_eps, y.shape, jnp.float32)
-    x_t = sch.q_sample(s, 2.0 * y - 1.0, t, eps)
+    z0 = cfg.signal_scale * (2.0 * y - 1.0)
+    if cfg.recycle_prob:
+        z0 = _recycled(model, params, image, z0, key, s, cfg, entry_depth, train)
+    x_t = sch.q_sample(s, z0, t, eps)
     x = jnp.concatenate([x_t, image.astype(x_t.dtype)], axis=-1)
     preds = model.apply(params, x, t, entry_depth=entry_depth, train=train, rngs=rngs)
     return diffusion_loss(s, preds, f, x_t, eps, t, cfg, space)
+
+
+def _recycled(model, params, image, z0, key, s, cfg: LossConfig, entry_depth: int, train: bool):
+    """z0 [B, ..., K] with each example replaced, with probability cfg.recycle_prob, by the
+    model's stop-gradient estimate of it from x_{T-1} (q_sample of the truth at the last
+    timestep: almost pure noise), in the chain's units."""
+    k_use, k_noise, k_drop = (jax.random.fold_in(key, i) for i in (11, 12, 13))
+    b = z0.shape[0]
+    t_max = jnp.full((b,), s.num_timesteps - 1, jnp.int32)
+    x_max = sch.q_sample(s, z0, t_max, jax.random.normal(k_noise, z0.shape, jnp.float32))
+    x = jnp.concatenate([x_max, image.astype(x_max.dtype)], axis=-1)
+    pred = model.apply(
+        jax.lax.stop_gradient(params),
+        x,
+        t_max,
+        entry_depth=entry_depth,
+        train=train,
+        rngs={"dropout": k_drop},
+    )[0]
+    est = jax.lax.stop_gradient(
+        sch.to_x0_eps(s, x_max, t_max, pred, cfg.target, cfg.signal_scale)[0]
+    )
+    est = jnp.clip(est, -cfg.signal_scale, cfg.signal_scale)
+    use = jax.random.bernoulli(k_use, cfg.recycle_prob, (b,)).reshape((b,) + (1,) * (z0.ndim - 1))
+    return jnp.where(use, est, z0)

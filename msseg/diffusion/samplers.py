@@ -11,6 +11,8 @@ Conventions:
   partially noised start (e.g. an upsampled coarse sample in the multiscale sampler).
 - x0_hat is clipped to [-1, 1] when `clip_x0` (the masks are one-hot scaled to [-1, 1]);
   the noise estimate is then recomputed from the clipped x0_hat, so the two stay consistent.
+- With a signal scale b (`scale`) the chain runs on z = b x0 (x_t, the DDIM/DDPM updates,
+  the clip to [-b, b]); the result is divided by b, so samples are masks whatever b.
 - The last DDPM step (t = 0) adds no noise and returns the posterior mean, which is x0_hat;
   the last DDIM step goes to "t = -1" (ab = 1) and returns x0_hat.
 - Per-step randomness comes from `jax.random.split(key, num_steps)`, step i using key i.
@@ -129,12 +131,14 @@ def _predict(
     tb: jax.Array,
     target: Target,
     clip_x0: bool,
+    scale: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """(x0_hat, eps_hat) from one denoiser call; x0_hat clipped and eps_hat recomputed."""
+    """(z0_hat, eps_hat) from one denoiser call; z0_hat clipped to [-scale, scale] and eps_hat
+    recomputed (logits predictions are inside already: no clip)."""
     pred = jnp.asarray(denoise(x, tb), jnp.float32)
-    x0_hat, eps_hat = sched.to_x0_eps(s, x, tb, pred, target)
-    if clip_x0:
-        x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
+    x0_hat, eps_hat = sched.to_x0_eps(s, x, tb, pred, target, scale)
+    if clip_x0 and target is not Target.LOGITS:
+        x0_hat = jnp.clip(x0_hat, -scale, scale)
         eps_hat = sched.eps_from_x0(s, x, tb, x0_hat)
     return x0_hat, eps_hat
 
@@ -151,6 +155,7 @@ def sample_chain(
     ancestral: bool | jax.Array,
     target: Target,
     clip_x0: bool = True,
+    scale: float = 1.0,
 ) -> jax.Array:
     """Runs the chain x_t → x0 over timesteps `ts` [S] (to `ts_next` [S]): the one sampling loop.
 
@@ -159,7 +164,8 @@ def sample_chain(
     a symbolic dimension and `eta` / `ancestral` traced values (the exported sampler takes
     them as inputs, so one artifact runs DDPM, DDIM and truncated chains of any length); a
     Python `eta == 0` with `ancestral=False` draws no noise at all. Returns x0 [B, ...]
-    float32 (the last step lands on x0_hat).
+    float32 (the last step lands on x0_hat), in mask units (x_t is in the chain's: `scale`
+    times the mask plus noise).
     """
     x = jnp.asarray(x_t, jnp.float32)
     batch = x.shape[0]
@@ -169,7 +175,7 @@ def sample_chain(
     def body(x, step):
         t, t_next, k = step
         tb = jnp.full((batch,), t, jnp.int32)
-        x0_hat, eps_hat = _predict(denoise, s, x, tb, target, clip_x0)
+        x0_hat, eps_hat = _predict(denoise, s, x, tb, target, clip_x0, scale)
         noise = jnp.zeros_like(x) if noiseless else jax.random.normal(k, x.shape, jnp.float32)
         if ancestral is True:
             return ddpm_step(s, x, tb, x0_hat, noise), None
@@ -186,7 +192,7 @@ def sample_chain(
     x, _ = jax.lax.scan(
         body, x, (jnp.asarray(ts, jnp.int32), jnp.asarray(ts_next, jnp.int32), keys)
     )
-    return x
+    return x if scale == 1.0 else x / scale
 
 
 def chain_timesteps(

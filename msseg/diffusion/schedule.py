@@ -6,8 +6,15 @@ float32 `jnp` copy, made once per name. The functions below are jit-friendly: `t
 int32 array [B] (traced or not), arrays are [B, ...] of any trailing shape (e.g.
 [B, X, Y, Z, K]) and the math runs in float32.
 
-Prediction targets (`Target`): the noise eps, the clean sample x0, or the velocity
-v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho 2022), with ab = alphas_cumprod[t].
+Prediction targets (`Target`): the noise eps, the clean sample x0, the velocity
+v = sqrt(ab) eps - sqrt(1 - ab) x0 (Salimans & Ho 2022), with ab = alphas_cumprod[t], or
+per-class logits whose softmax is the mask (x0 = 2 softmax - 1: the estimate is always a
+distribution, and cross-entropy and Dice act on the softmax directly).
+
+Signal scale b (`scale`, default 1): the chain diffuses z0 = b x0 instead of the mask x0 in
+[-1, 1]^K, so at any t the mask is b times harder to read from x_t (input scaling, Chen et
+al. 2023). x0 and logits predictions are in mask units (z0 = b x0_hat); eps and v live in the
+chain's units. `to_x0_eps` returns z0; divide by b for the mask.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ class Target(enum.Enum):
     EPS = "eps"
     X0 = "x0"
     V = "v"
+    LOGITS = "logits"
 
 
 TABLE_NAMES = (
@@ -212,41 +220,56 @@ def eps_from_v(s: Schedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.A
     )
 
 
+def mask_from_logits(logits: jax.Array) -> jax.Array:
+    """[..., K] logits → the mask estimate 2 softmax - 1 in [-1, 1]^K."""
+    return 2.0 * jax.nn.softmax(logits.astype(jnp.float32), axis=-1) - 1.0
+
+
 def to_x0_eps(
-    s: Schedule, x_t: jax.Array, t: jax.Array, pred: jax.Array, target: Target
+    s: Schedule, x_t: jax.Array, t: jax.Array, pred: jax.Array, target: Target, scale: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
-    """(x0, eps) implied by a denoiser prediction `pred` of `target` at (x_t, t)."""
+    """(z0, eps) implied by a denoiser prediction `pred` of `target` at (x_t, t).
+
+    z0 = scale * x0 is in the chain's units (the mask estimate times the signal scale)."""
     if target is Target.EPS:
         return x0_from_eps(s, x_t, t, pred), pred
-    if target is Target.X0:
-        return pred, eps_from_x0(s, x_t, t, pred)
     if target is Target.V:
         return x0_from_v(s, x_t, t, pred), eps_from_v(s, x_t, t, pred)
-    raise ValueError(f"unknown target {target!r}")
-
-
-def x0_error_scale(s: Schedule, t: jax.Array, target: Target, x: jax.Array) -> jax.Array:
-    """The squared factor that turns an error in x0 into `target`'s units at fixed x_t
-    (1 for x0, ab / (1 - ab) for eps, 1 / (1 - ab) for v), shaped to broadcast with x."""
     if target is Target.X0:
+        z0 = pred if scale == 1.0 else scale * pred
+    elif target is Target.LOGITS:
+        z0 = scale * mask_from_logits(pred)
+    else:
+        raise ValueError(f"unknown target {target!r}")
+    return z0, eps_from_x0(s, x_t, t, z0)
+
+
+def x0_error_scale(
+    s: Schedule, t: jax.Array, target: Target, x: jax.Array, scale: float = 1.0
+) -> jax.Array:
+    """The squared factor that turns an error in the mask x0 into `target`'s units at fixed
+    x_t (1 for x0 and logits, scale^2 ab / (1 - ab) for eps, scale^2 / (1 - ab) for v),
+    shaped to broadcast with x."""
+    if target in (Target.X0, Target.LOGITS):
         return jnp.ones((), jnp.float32)
     if target is Target.EPS:
-        return _coef(s, "sqrt_recipm1_alphas_cumprod", t, x) ** -2
+        return scale**2 * _coef(s, "sqrt_recipm1_alphas_cumprod", t, x) ** -2
     if target is Target.V:
-        return _coef(s, "sqrt_one_minus_alphas_cumprod", t, x) ** -2
+        return scale**2 * _coef(s, "sqrt_one_minus_alphas_cumprod", t, x) ** -2
     raise ValueError(f"unknown target {target!r}")
 
 
 def target_from(
-    s: Schedule, x0: jax.Array, eps: jax.Array, t: jax.Array, target: Target
+    s: Schedule, x0: jax.Array, eps: jax.Array, t: jax.Array, target: Target, scale: float = 1.0
 ) -> jax.Array:
-    """The training regression target for (x0, eps) at t: eps, x0 or v."""
+    """The training regression target for the mask x0 and noise eps at t: eps, x0 (also for
+    logits: their mask 2 softmax - 1 is regressed on x0) or v (of z0 = scale x0)."""
     if target is Target.EPS:
         return eps
-    if target is Target.X0:
+    if target in (Target.X0, Target.LOGITS):
         return x0
     if target is Target.V:
-        return v_from_x0_eps(s, x0, eps, t)
+        return v_from_x0_eps(s, scale * x0, eps, t)
     raise ValueError(f"unknown target {target!r}")
 
 

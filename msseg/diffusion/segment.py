@@ -94,9 +94,15 @@ def denoiser(
 
 
 def model_chain(
-    model: MultiscaleUNet, params, s: sch.Schedule, target: sch.Target, clip_x0: bool = True
+    model: MultiscaleUNet,
+    params,
+    s: sch.Schedule,
+    target: sch.Target,
+    clip_x0: bool = True,
+    scale: float = 1.0,
 ) -> ChainFn:
-    """The `ChainFn` of a flax model and its params."""
+    """The `ChainFn` of a flax model and its params (`scale`: the signal scale it was trained
+    with, `samplers.sample_chain`)."""
 
     def run(image, x_t, key, ts, ts_next, eta, ancestral, depth: int) -> jax.Array:
         fn = denoiser(model, params, image, depth)
@@ -111,6 +117,7 @@ def model_chain(
             ancestral=ancestral,
             target=target,
             clip_x0=clip_x0,
+            scale=scale,
         )
 
     return run
@@ -132,11 +139,13 @@ def chain_masks(
     num_classes: int,
     num_depths: int,
     entry_depth: int = 0,
+    scale: float = 1.0,
 ) -> jax.Array:
     """[B, X, Y, Z, C] image → [B, X, Y, Z, K] one sampled mask in [-1, 1] per batch entry.
 
     The image enters at `entry_depth` (it is at that depth's resolution); the multiscale
-    sampler starts `coarse_depth` depths below it and refines back up to it.
+    sampler starts `coarse_depth` depths below it and refines back up to it (re-noising
+    `scale` times the estimate: the chain's signal scale).
     """
     e = entry_depth
     shape = (*image.shape[:-1], num_classes)
@@ -161,7 +170,7 @@ def chain_masks(
         start = upsample(x0, 2)
         t = jnp.full((start.shape[0],), t_refine, jnp.int32)
         noise = jax.random.normal(keys[2 * (c - d)], start.shape, jnp.float32)
-        x_t = sch.q_sample(s, start, t, noise)
+        x_t = sch.q_sample(s, scale * start, t, noise)
         steps = min(cfg.refine_steps, t_refine + 1)
         x0 = _run_chain(
             chain, images[d], x_t, keys[2 * (c - d) + 1], s, cfg, e + d, steps, t_refine
@@ -224,11 +233,12 @@ def ensemble_masks(
     num_classes: int,
     num_depths: int,
     entry_depth: int = 0,
+    scale: float = 1.0,
 ) -> jax.Array:
     """[B, X, Y, Z, C] image → [N, B, X, Y, Z, K] masks of cfg.ensemble members (one batch)."""
     n, b = cfg.ensemble, image.shape[0]
     batch = jnp.broadcast_to(image[None], (n, *image.shape)).reshape(n * b, *image.shape[1:])
-    masks = chain_masks(chain, batch, key, s, cfg, num_classes, num_depths, entry_depth)
+    masks = chain_masks(chain, batch, key, s, cfg, num_classes, num_depths, entry_depth, scale)
     return masks.reshape(n, b, *masks.shape[1:])
 
 
@@ -242,11 +252,12 @@ def segment(
     target: sch.Target,
     entry_depth: int = 0,
     tree: LevelTables | None = None,
+    scale: float = 1.0,
 ) -> dict[str, jax.Array]:
     """[B, X, Y, Z, C] image → `fuse` of an ensemble of cfg.ensemble sampled masks."""
-    chain = model_chain(model, params, s, target, cfg.clip_x0)
+    chain = model_chain(model, params, s, target, cfg.clip_x0, scale)
     k, depths = model.cfg.num_classes, model.cfg.num_depths
-    masks = ensemble_masks(chain, image, key, s, cfg, k, depths, entry_depth)
+    masks = ensemble_masks(chain, image, key, s, cfg, k, depths, entry_depth, scale)
     return fuse(masks, cfg.fusion, tree)
 
 

@@ -59,7 +59,12 @@ def chain_function(model: MultiscaleUNet, setup: loop.Setup, depth: int):
 
     def run(params, image, x_t, key_data, ts, ts_next, eta, ancestral):
         bound = seg.model_chain(
-            model, params, setup.schedule, setup.loss.target, setup.sampler.clip_x0
+            model,
+            params,
+            setup.schedule,
+            setup.loss.target,
+            setup.sampler.clip_x0,
+            setup.loss.signal_scale,
         )
         key = jax.random.wrap_key_data(key_data)
         return bound(image, x_t, key, ts, ts_next, eta, ancestral, depth)
@@ -183,6 +188,7 @@ def metadata(config, setup, cfg, manifest, step, workdir, depths, platforms) -> 
             "schedule": config.diffusion.schedule,
             "num_timesteps": schedule.num_timesteps,
             "target": loss.target.value,
+            "signal_scale": loss.signal_scale,
             "clip_x0": sampler.clip_x0,
         },
         "sampler": dataclasses.asdict(sampler),

@@ -60,6 +60,11 @@ class LoadedModel:
     def diffusion(self) -> bool:
         return self.schedule is not None
 
+    @property
+    def signal_scale(self) -> float:
+        """The scale of the mask in the chain (1 for models from before the setting)."""
+        return float((self.metadata.get("diffusion") or {}).get("signal_scale", 1.0))
+
 
 def _platform() -> str:
     backend = jax.default_backend()
@@ -130,7 +135,11 @@ def _local(meta: dict, config: dict, schedule, conv_impl: str) -> tuple:
         return None, logits
     d = meta["diffusion"]
     target = sch.Target(d["target"])
-    return lambda params: seg.model_chain(model, params, schedule, target, d["clip_x0"]), None
+    scale = d.get("signal_scale", 1.0)
+    return (
+        lambda params: seg.model_chain(model, params, schedule, target, d["clip_x0"], scale),
+        None,
+    )
 
 
 def _local_available() -> bool:
@@ -224,6 +233,7 @@ def segment_batch(model: LoadedModel, cfg: seg.SamplerConfig, depth: int = 0):
                 model.num_classes,
                 model.num_depths,
                 depth,
+                model.signal_scale,
             )
             return seg.fuse(masks, cfg.fusion, model.protocol.level_tables())
 
@@ -249,7 +259,11 @@ def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> Load
     meta = {
         "kind": "diffusion" if ucfg.diffusion else "deterministic",
         "model": {"num_classes": ucfg.num_classes},
-        "diffusion": {"target": d["target"], "clip_x0": config["sampler"]["clip_x0"]},
+        "diffusion": {
+            "target": d["target"],
+            "signal_scale": d.get("signal_scale", 1.0),
+            "clip_x0": config["sampler"]["clip_x0"],
+        },
     }
     schedule = sch.make_schedule(d["schedule"], d["num_timesteps"]) if ucfg.diffusion else None
     chain, logits = _local(meta, config, schedule, conv_impl)

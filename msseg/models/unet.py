@@ -46,7 +46,9 @@ class UNetConfig:
     num_classes: int  # K, the protocol's leaves
     image_channels: int = 1
     channels: tuple[int, ...] = (32, 64, 128)  # per depth; D = len(channels)
-    num_res_blocks: int = 2
+    # one count for every depth (an int or a 1-tuple) or one per depth; 0 at a depth leaves
+    # it the stem (or the skip concat) and the resampling convs: a cheap full-resolution depth
+    num_res_blocks: int | tuple[int, ...] = 2
     norm_groups: int = 8
     dropout: float = 0.0
     attention_depths: tuple[int, ...] = ()
@@ -68,6 +70,16 @@ class UNetConfig:
             raise ValueError(f"channels must be positive integers per depth, got {self.channels}")
         if self.skip not in SKIPS:
             raise ValueError(f"skip must be one of {SKIPS}, got {self.skip!r}")
+        blocks = self.num_res_blocks
+        if isinstance(blocks, int):
+            blocks = (blocks,)
+        elif len(blocks) not in (1, len(self.channels)):
+            raise ValueError(
+                f"num_res_blocks {self.num_res_blocks} must be one count or one per depth "
+                f"({len(self.channels)})"
+            )
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in blocks):
+            raise ValueError(f"num_res_blocks must be counts >= 0, got {self.num_res_blocks}")
         if any(not 0 <= d < len(self.channels) for d in self.attention_depths):
             raise ValueError(
                 f"attention_depths {self.attention_depths} outside 0..{len(self.channels) - 1}"
@@ -76,6 +88,11 @@ class UNetConfig:
     @property
     def num_depths(self) -> int:
         return len(self.channels)
+
+    def blocks(self, depth: int) -> int:
+        """Residual blocks at `depth` (on the encoder and on the decoder path)."""
+        n = self.num_res_blocks
+        return n if isinstance(n, int) else n[depth if len(n) > 1 else 0]
 
     @property
     def in_channels(self) -> int:
@@ -97,7 +114,7 @@ class MultiscaleUNet(nn.Module):
         return cls(features, self.cfg.norm_groups, self.cfg.dropout, name=name, **self._ckw())
 
     def _stage(self, prefix: str, depth: int, h, temb, train: bool):
-        for i in range(self.cfg.num_res_blocks):
+        for i in range(self.cfg.blocks(depth)):
             h = self._res(f"{prefix}{depth}_res{i}", self.cfg.channels[depth])(h, temb, train)
             if depth in self.cfg.attention_depths:
                 h = AttentionBlock(

@@ -20,7 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from msseg.data import pipeline, preprocess
-from msseg.diffusion import losses
+from msseg.diffusion import losses, samplers
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
 from msseg.labels import IGNORE, Protocol
@@ -91,6 +91,7 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
     if any(p % step_ for p in pipe.patch_size):
         raise ValueError(f"data.pipeline.patch_size {pipe.patch_size} must divide by {step_}")
     d = config.diffusion.to_dict()
+    sampler = seg.SamplerConfig(**config.sampler.to_dict())
     loss = losses.LossConfig(
         target=sch.Target(d["target"]),
         depth_weights=tuple(d["depth_weights"]),
@@ -98,6 +99,9 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
         ce_weight=d["ce_weight"],
         dice_weight=d["dice_weight"],
         partial_noise=d.get("partial_noise", "spread"),  # runs from before the key
+        signal_scale=d.get("signal_scale", 1.0),
+        timesteps=train_timesteps(d.get("train_timesteps", "all"), d["num_timesteps"], sampler),
+        recycle_prob=d.get("recycle_prob", 0.0),
     )
     s = sch.make_schedule(d["schedule"], d["num_timesteps"]) if model_cfg.diffusion else None
     tcfg = TrainConfig(**_tuples(config.train.to_dict()))
@@ -107,12 +111,22 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
         model=MultiscaleUNet(model_cfg),
         schedule=s,
         loss=loss,
-        sampler=seg.SamplerConfig(**config.sampler.to_dict()),
+        sampler=sampler,
         train=tcfg,
         pipeline=pipe,
         protocol=protocol,
         cache=cache,
     )
+
+
+def train_timesteps(kind: str, num_timesteps: int, sampler: seg.SamplerConfig) -> tuple:
+    """config.diffusion.train_timesteps → LossConfig.timesteps: "all" (every t) or "sampler"
+    (the DDIM timesteps of the sampler section's `steps`)."""
+    if kind == "all":
+        return ()
+    if kind == "sampler":
+        return tuple(int(t) for t in samplers.ddim_timesteps(num_timesteps, sampler.steps))
+    raise ValueError(f"diffusion.train_timesteps must be 'all' or 'sampler', got {kind!r}")
 
 
 def used_ids(cache: str, protocol: Protocol) -> list[int]:
@@ -215,6 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         setup.loss.target,
         tcfg.val_mode,
         setup.protocol.level_tables(),
+        setup.loss.signal_scale,
     )
     log = MetricsLog(workdir, tcfg.steps, int(state.step))
     global_batch = pcfg.batch_size * jax.process_count()

@@ -69,6 +69,7 @@ def make_segmenter(
     target: sch.Target,
     mode: str,
     tree: labels_lib.LevelTables | None = None,
+    scale: float = 1.0,
 ):
     """jit-able `(params, images, key, depth) -> [N, ...] leaf ids` at entry depth `depth`
     (decided top-down through the label tree when `tree` is given)."""
@@ -78,7 +79,7 @@ def make_segmenter(
         if mode == "deterministic" or not model.cfg.diffusion:
             out = seg.segment_deterministic(model, params, x, depth, tree)
         else:
-            out = seg.segment(model, params, x, key, s, sampler, target, depth, tree)
+            out = seg.segment(model, params, x, key, s, sampler, target, depth, tree, scale)
         return out["labels"]
 
     return jax.jit(run, static_argnums=(3,))
