@@ -104,6 +104,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.val_cases = 0  # validation cases sampled (0 = all)
     t.val_depths = (0, 1)  # entry depths validated: Dice per depth
     t.val_mode = "sampler"  # "sampler" (the sampler section) | "deterministic"
+    # validation segments as tools/evaluate.py does: sliding windows of the patch, Gaussian
+    # blending, scored on the scans' own grids; False = whole volumes on the cache grid
+    t.val_windows = True
+    t.val_overlap = 0.25
+    t.val_batch = 2
     t.donate = True
 
     # msseg.diffusion.segment.SamplerConfig, key for key

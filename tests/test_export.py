@@ -384,3 +384,34 @@ def test_benchmark_reports_sampling_throughput_with_a_baseline(exported, tmp_pat
             16**3 / r["median_s"], rel=0.05
         )
     assert "speed-up" in proc.stdout
+
+
+def test_training_validation_scores_what_evaluate_reports(exported, tmp_path):
+    """The windowed validation of a checkpoint gives the leaf Dice evaluate.py reports for the
+    exported model on the same split with the same key: the best checkpoint is chosen on the
+    number users get."""
+    import ml_collections
+
+    from msseg.inference import evaluate as evaluate_lib
+    from msseg.inference import model as model_lib
+    from msseg.inference import predict
+    from msseg.train import checkpoint, loop
+
+    workdir, model_dir, _ = exported
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    assert config.train.val_windows
+    setup = loop.build_setup(config, config.data.cache)
+    _, ema, _ = checkpoint.restore_params(workdir)
+    val = loop.make_validation(config, setup)(ema, jax.random.key(0))
+
+    model, sampler = model_lib.open_model(model_dir, route="local")
+    opts = predict.Options(
+        sampler, seed=0, overlap=config.train.val_overlap, batch=config.train.val_batch
+    )
+    rep = evaluate_lib.evaluate_model(
+        model, config.data.spec, "val", tmp_path / "report", opts, worst=0
+    )
+    cases = rep.summary["case_dice"]
+    assert len(cases) >= 1
+    assert val["val/depth0/leaves"] == pytest.approx(np.mean(list(cases.values())), abs=1e-6)
+    assert val["val_dice"] == val["val/depth0/leaves"]

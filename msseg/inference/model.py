@@ -252,10 +252,28 @@ def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> Load
     """A model of a training config (a ConfigDict's `to_dict()`) with random params, on the
     local route: for benchmarks before any training."""
     protocol = labels_lib.get_protocol(config["data"]["protocol"] or "mni-tissue")
+    spacing = tuple(float(s) for s in config["data"]["spacing"])
+    model = in_memory(config, protocol, PreprocessConfig(spacing=spacing), None, conv_impl)
+    unet = _unet(config, protocol.num_leaves, conv_impl)
+    x = jnp.zeros((1, *model.patch, unet.cfg.in_channels))
+    t = jnp.zeros((1,), jnp.int32) if unet.cfg.diffusion else None
+    params = jax.jit(unet.init)(jax.random.key(seed), x, t)
+    return dataclasses.replace(model, path=Path("<random params>"), params=params)
+
+
+def in_memory(
+    config: dict,
+    protocol: labels_lib.Protocol,
+    preprocess: PreprocessConfig,
+    params,
+    conv_impl: str = "auto",
+) -> LoadedModel:
+    """A model of a training config (`to_dict()`), its protocol, the preprocessing of its
+    cache and `params`, on the local route (no model directory): what training-time
+    validation segments with."""
     model = _unet(config, protocol.num_leaves, conv_impl)
     ucfg = model.cfg
     d = config["diffusion"]
-    patch = tuple(config["data"]["pipeline"]["patch_size"])
     meta = {
         "kind": "diffusion" if ucfg.diffusion else "deterministic",
         "model": {"num_classes": ucfg.num_classes},
@@ -267,17 +285,13 @@ def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> Load
     }
     schedule = sch.make_schedule(d["schedule"], d["num_timesteps"]) if ucfg.diffusion else None
     chain, logits = _local(meta, config, schedule, conv_impl)
-    x = jnp.zeros((1, *patch, ucfg.in_channels))
-    t = jnp.zeros((1,), jnp.int32) if ucfg.diffusion else None
-    params = jax.jit(model.init)(jax.random.key(seed), x, t)
-    spacing = tuple(float(s) for s in config["data"]["spacing"])
     return LoadedModel(
-        path=Path("<random params>"),
+        path=Path("<in memory>"),
         metadata=meta,
         config=config,
         protocol=protocol,
-        preprocess=PreprocessConfig(spacing=spacing),
-        patch=patch,
+        preprocess=preprocess,
+        patch=tuple(config["data"]["pipeline"]["patch_size"]),
         num_classes=ucfg.num_classes,
         num_depths=ucfg.num_depths,
         entry_depths=tuple(sorted({0, *config["train"]["entry_depths"]})),

@@ -20,6 +20,7 @@ Every file is written atomically (io.save_* and io.atomic_write).
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import glob
@@ -138,6 +139,12 @@ class Segmenter:
         self.fn = model_lib.segment_batch(model, opts.sampler, opts.depth)
         self.patch = tuple(p // 2**opts.depth for p in model.patch)
         self.tree = model.protocol.level_tables()
+
+    def with_params(self, params) -> Segmenter:
+        """This segmenter with other params of the same model (shares the compiled call)."""
+        other = copy.copy(self)
+        other.model = dataclasses.replace(self.model, params=params)
+        return other
 
     def segment_array(self, image: np.ndarray, key: jax.Array) -> tuple[np.ndarray, ...]:
         """Prepared image [X, Y, Z] → (probs [X, Y, Z, K], entropy [X, Y, Z], windows).

@@ -147,6 +147,49 @@ def entry_depth(cfg: TrainConfig, seed: int, step_index: int) -> int:
     return int(rng.choice(cfg.entry_depths, p=p / p.sum()))
 
 
+def make_validation(config: ml_collections.ConfigDict, setup: Setup):
+    """`(params, key) -> metrics` of the run's validation (`msseg.train.validate`): windows
+    as tools/evaluate.py segments (`train.val_windows`), or whole volumes on the cache grid."""
+    tcfg, cache = setup.train, setup.cache
+    sampler = setup.sampler
+    if tcfg.val_mode == "deterministic" and setup.model.cfg.diffusion:
+        raise ValueError("train.val_mode=deterministic needs model.diffusion=False")
+    if not tcfg.val_windows:
+        valset = validate.load_valset(
+            cache, "val", tcfg.val_depths, 2 ** (setup.model.cfg.num_depths - 1), tcfg.val_cases
+        )
+        segmenter = validate.make_segmenter(
+            setup.model,
+            setup.schedule,
+            sampler,
+            setup.loss.target,
+            tcfg.val_mode,
+            setup.protocol.level_tables(),
+            setup.loss.signal_scale,
+        )
+        return lambda params, key: validate.validate(segmenter, params, valset, key)
+    from msseg.inference import model as model_lib  # noqa: PLC0415
+
+    d = config.data
+    cases = validate.load_window_cases(
+        cache,
+        "val",
+        d.spec,
+        d.protocol,
+        tcfg.val_cases,
+        val_fraction=d.val_fraction,
+    )
+    manifest = preprocess.load_manifest(cache)
+    prep = preprocess.PreprocessConfig(**_tuples(manifest["config"]))
+    model = model_lib.in_memory(
+        config.to_dict(), setup.protocol, prep, None, setup.model.cfg.conv_impl
+    )
+    validator = validate.WindowValidator(
+        model, sampler, tcfg.val_depths, tcfg.val_overlap, tcfg.val_batch
+    )
+    return lambda params, key: validator(params, cases, key)
+
+
 def init_fn(setup: Setup, tx):
     """key → a fresh TrainState (jit-able)."""
     cfg = setup.model.cfg
@@ -219,18 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         batch_sharding,
         tcfg.donate,
     )
-    valset = validate.load_valset(
-        cache, "val", tcfg.val_depths, 2 ** (setup.model.cfg.num_depths - 1), tcfg.val_cases
-    )
-    segmenter = validate.make_segmenter(
-        setup.model,
-        setup.schedule,
-        setup.sampler,
-        setup.loss.target,
-        tcfg.val_mode,
-        setup.protocol.level_tables(),
-        setup.loss.signal_scale,
-    )
+    run_validation = make_validation(config, setup)
     log = MetricsLog(workdir, tcfg.steps, int(state.step))
     global_batch = pcfg.batch_size * jax.process_count()
     first = int(state.step)
@@ -264,7 +296,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             pending = []
             val = None
             if do_val:
-                val = validate.validate(segmenter, state.ema_params, valset, val_key)
+                val = run_validation(state.ema_params, val_key)
                 log.write(n, val)
                 last_val = val
                 logging.info(

@@ -35,6 +35,11 @@ class TrainConfig:
     val_cases: int = 0  # validation cases to sample (0 = all)
     val_depths: tuple[int, ...] = (0, 1)  # entry depths validated (Dice per depth)
     val_mode: str = "sampler"  # "sampler" (the `sampler` config) | "deterministic" head
+    # segment validation cases as tools/evaluate.py does (sliding windows of the patch, scored
+    # on the scans' own grids); False: whole volumes on the cache grid (msseg.train.validate)
+    val_windows: bool = True
+    val_overlap: float = 0.25  # window overlap of the windowed validation
+    val_batch: int = 2  # windows per compiled call
     donate: bool = True
 
     def __post_init__(self):
