@@ -75,7 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # from x_t, so more of the drawn timesteps teach something)
     d.signal_scale = 1.0
     # the timesteps training draws: "all" (0..T-1) or "sampler" (the DDIM timesteps of
-    # sampler.steps, the only ones a few-step chain visits)
+    # sampler.steps: the only ones a DDIM chain of that length visits; the multiscale
+    # sampler's chains and other step counts visit others)
     d.train_timesteps = "all"
     # recycling: the share of examples whose x_t noises the model's own estimate (from pure
     # noise, no gradient) instead of the truth, as sampling does (x0 / logits targets)

@@ -183,11 +183,6 @@ def test_confidently_wrong_logits_are_taught_where_an_overshooting_x0_estimate_i
     assert np.all(g_est[wrong] > 0)  # and lowers the wrongly chosen one
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cross_entropy clamps the softmax at EPS = 1e-6 (log(max(p, EPS))): a logit margin "
-    "above ln(1e6) ~ 13.8 gets exactly zero CE gradient; a log-softmax CE would give p - 1",
-)
 def test_cross_entropy_of_very_confidently_wrong_logits_still_raises_the_true_class():
     y, lab, wrong, est = _wrong_half()
     cfg = losses.LossConfig(target=Target.LOGITS, mse_weight=0.0, ce_weight=1.0)
@@ -214,8 +209,10 @@ def mask_oracle(s, x0, target, scale):
     return denoise
 
 
-@pytest.mark.parametrize("scale", [0.3, 1.0])
-@pytest.mark.parametrize("target", list(Target))
+@pytest.mark.parametrize(
+    "target,scale",
+    [(t, 0.3) for t in Target] + [(Target.X0, 1.0), (Target.LOGITS, 1.0)],
+)
 @pytest.mark.parametrize("kind", ["ddim", "ddpm"])
 def test_an_oracle_chain_on_the_scaled_mask_returns_the_mask(kind, target, scale):
     s = sch.make_schedule("linear", 50)
@@ -357,6 +354,11 @@ def test_training_draws_each_example_s_timestep_from_the_given_set_only():
         losses.LossConfig(timesteps=(3, -1))
 
 
+def test_a_training_timestep_outside_the_schedule_is_refused():
+    with pytest.raises(ValueError, match="timesteps"):
+        model_loss(tiny()[1], fast_key(7), losses.LossConfig(timesteps=(100,)))  # T = 100
+
+
 def test_train_timesteps_are_all_or_the_sampler_s_ddim_timesteps():
     sampler = seg.SamplerConfig(steps=5)
     ts = loop.train_timesteps("sampler", 1000, sampler)
@@ -399,40 +401,39 @@ def _recycled_by_hand(params, key, cfg):
     return jnp.clip(z0_hat, -cfg.signal_scale, cfg.signal_scale)
 
 
-@pytest.mark.parametrize("target", [Target.X0, Target.LOGITS])
-def test_recycled_inputs_change_the_loss_but_no_gradient_flows_through_the_estimate(target):
-    model, params, image, y = tiny()
-    key = fast_key(13)
-    plain = losses.LossConfig(target=target, ce_weight=1.0)
-    cfg = losses.LossConfig(target=target, ce_weight=1.0, recycle_prob=1.0, signal_scale=0.5)
-    off = losses.LossConfig(target=target, ce_weight=1.0, recycle_prob=0.0, signal_scale=0.5)
-    assert float(model_loss(params, key, off)) == float(
-        model_loss(params, key, losses.LossConfig(target=target, ce_weight=1.0, signal_scale=0.5))
-    )
-    truth = 0.5 * (2.0 * y - 1.0)
-    z0 = losses._recycled(model, params, image, truth, key, S100, cfg, 0, True)
-    np.testing.assert_allclose(z0, _recycled_by_hand(params, key, cfg), atol=1e-6)
+def test_recycled_inputs_change_the_loss_but_no_gradient_flows_through_the_estimate():
+    """model_loss with recycling equals, in value and gradient, the same objective with the
+    model's estimate from x_{T-1} (written out by hand) held constant as the noising input;
+    the gradient through that estimate would differ by half its size."""
+    params, key = tiny()[1], fast_key(13)
+    cfg = losses.LossConfig(target=Target.LOGITS, ce_weight=1.0, signal_scale=0.5, recycle_prob=1.0)
+    t = drawn_t(key)
+
+    def through(p):  # the gradient through the estimate too
+        z0_p = _recycled_by_hand(p, key, cfg)
+        return loss_at(p, key, cfg, t, z0_p), z0_p
+
+    through_grads, z0 = jax.jit(jax.grad(through, has_aux=True))(params)
+    truth = 0.5 * (2.0 * tiny()[3] - 1.0)
     assert float(jnp.abs(z0 - truth).mean()) > 0.1 and float(jnp.abs(z0).max()) <= 0.5
     value, grads = jax.value_and_grad(model_loss)(params, key, cfg)
-    assert abs(float(value) - float(model_loss(params, key, off))) > 1e-4
-    assert abs(float(value) - float(model_loss(params, key, plain))) > 1e-4
-    # the same objective with the recycled z0 held constant: the same value and gradient
-    t = drawn_t(key)
-    fixed_value, fixed = jax.value_and_grad(loss_at)(params, key, cfg, t, z0)
-    np.testing.assert_allclose(float(value), float(fixed_value), rtol=1e-6)
-    leaves, fixed_leaves = jax.tree.leaves(grads), jax.tree.leaves(fixed)
+    fixed = jax.jit(jax.value_and_grad(loss_at), static_argnames="cfg")
+    fixed_value, fixed_grads = fixed(params, key, cfg, t, z0)
+    np.testing.assert_allclose(float(value), float(fixed_value), rtol=1e-5)
+    leaves, fixed_leaves = jax.tree.leaves(grads), jax.tree.leaves(fixed_grads)
     assert all(bool(jnp.isfinite(g).all()) for g in leaves)
-    assert max(float(jnp.abs(g).max()) for g in leaves) > 1e-6
+    assert max(float(jnp.abs(g).max()) for g in leaves) > 1e-3
     for g, h in zip(leaves, fixed_leaves, strict=True):
         np.testing.assert_allclose(g, h, rtol=1e-3, atol=1e-6)
-    # what the comparison rules out: a gradient through the estimate would differ
-    through = jax.grad(lambda p: loss_at(p, key, cfg, t, _recycled_by_hand(p, key, cfg)))(params)
+    # recycling changed the loss: noising the truth (no recycling) gives another
+    unrecycled = float(fixed(params, key, cfg, t, truth)[0])
+    assert abs(float(value) - unrecycled) > 1e-3 * abs(unrecycled)
+    # what the comparison rules out: the gradient through the estimate
     diff = max(
-        float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-12))
-        for a, b in zip(jax.tree.leaves(through), fixed_leaves, strict=True)
+        float(jnp.abs(a - b).max() / jnp.abs(b).max())
+        for a, b in zip(jax.tree.leaves(through_grads), fixed_leaves, strict=True)
     )
-    print("DIFF", diff)
-    assert diff > 1e-2, diff
+    assert diff > 0.1, diff
 
 
 def test_recycling_replaces_a_share_of_the_examples_and_keeps_the_others():
@@ -456,22 +457,25 @@ def unet(**kw):
     return MultiscaleUNet(UNetConfig(**{**base, **kw}))
 
 
-@functools.cache
-def init(model):
-    x = jnp.ones((2, 8, 8, 8, model.cfg.in_channels))
-    return jax.jit(model.init)(fast_key(0), x, jnp.zeros((2,), jnp.int32))
+def param_shapes(model):
+    """{name: {param: shape}} of the model's parameters (no compilation)."""
+    x = jax.ShapeDtypeStruct((2, 8, 8, 8, model.cfg.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((2,), jnp.int32)
+    tree = jax.eval_shape(model.init, fast_key(0), x, t)["params"]
+    return jax.tree.map(lambda a: a.shape, tree)
 
 
 def test_zero_blocks_at_a_depth_leave_it_without_residual_blocks():
-    names = set(init(unet(num_res_blocks=1))["params"])
+    names = set(param_shapes(unet(num_res_blocks=1)))
     assert {"enc0_res0", "dec0_res0", "enc1_res0"} <= names  # the names checked below
     model = unet(num_res_blocks=(0, 1, 1))
     assert [model.cfg.blocks(d) for d in range(3)] == [0, 1, 1]
-    params = init(model)
-    names = set(params["params"])
+    names = set(param_shapes(model))
     assert not any(n.startswith(("enc0_res", "dec0_res")) for n in names)
     assert {"enc1_res0", "enc2_res0", "dec1_res0", "stem0", "head0"} <= names
     assert "enc1_res1" not in names
+    x = jnp.ones((2, 8, 8, 8, model.cfg.in_channels))
+    params = jax.jit(model.init)(fast_key(0), x, jnp.zeros((2,), jnp.int32))
     run = jax.jit(model.apply, static_argnames="entry_depth")
     rng = np.random.default_rng(17)
     for e in (0, 1):
@@ -485,15 +489,13 @@ def test_zero_blocks_at_a_depth_leave_it_without_residual_blocks():
 
 
 def test_one_count_as_an_int_or_a_one_tuple_builds_the_same_model():
-    ref = init(unet(num_res_blocks=2))
-    assert "enc2_res1" in ref["params"] and "enc2_res2" not in ref["params"]
+    ref = param_shapes(unet(num_res_blocks=2))
+    assert "enc2_res1" in ref and "enc2_res2" not in ref and "dec0_res1" in ref
     for blocks in ((2,), (2, 2, 2)):
-        other = init(unet(num_res_blocks=blocks))
-        assert jax.tree.structure(other) == jax.tree.structure(ref)
-        for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(ref), strict=True):
-            np.testing.assert_array_equal(a, b)
-    per_depth = set(init(unet(num_res_blocks=(1, 2, 3)))["params"])
-    assert {"enc2_res2", "dec1_res1"} <= per_depth and "enc0_res1" not in per_depth
+        assert param_shapes(unet(num_res_blocks=blocks)) == ref
+    per_depth = param_shapes(unet(num_res_blocks=(1, 2, 3)))
+    assert {"enc2_res2", "dec1_res1"} <= set(per_depth) and "enc0_res1" not in per_depth
+    assert per_depth != ref
 
 
 @pytest.mark.parametrize("blocks", [(1, 1), (1, 1, 1, 1), (), -1, (-1,), (1, -1, 1), (1.5,)])

@@ -194,6 +194,22 @@ def cross_entropy(p: jax.Array, f: jax.Array, space: LabelSpace | None = None) -
     return nll.sum() / jnp.maximum(f.sum(), EPS)
 
 
+def cross_entropy_logits(
+    logits: jax.Array, f: jax.Array, space: LabelSpace | None = None
+) -> jax.Array:
+    """`cross_entropy` of softmax(logits), from log_softmax: a voxel whose true class is
+    confidently wrong still gets the full gradient (p - 1) instead of the EPS floor's zero.
+    A partial id's marginal is the logsumexp of its leaves' log-probabilities."""
+    sp = _space(space, logits.shape[-1])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    if not sp.flat:
+        # [..., J]: log sum_{k in j} p_k; -inf leaves of other ids drop out of the sum
+        mask = jnp.where(jnp.asarray(sp.member, bool), 0.0, -jnp.inf)  # [J, K]
+        logp = jax.nn.logsumexp(logp[..., None, :] + mask, axis=-1)
+    nll = -(jnp.where(f > 0, f * logp, 0.0)).sum(axis=-1)
+    return nll.sum() / jnp.maximum(f.sum(), EPS)
+
+
 def soft_dice_loss(
     p: jax.Array, f: jax.Array, space: LabelSpace | None = None, smooth: float = 1e-5
 ) -> jax.Array:
@@ -303,7 +319,9 @@ def diffusion_loss(
         if cfg.ce_weight or cfg.dice_weight:
             if p is None:
                 p = x0_to_probs(jnp.clip(x0_hat, -1.0, 1.0))
-            terms["ce"] = cross_entropy(p, fs[i], sp)
+                terms["ce"] = cross_entropy(p, fs[i], sp)
+            else:
+                terms["ce"] = cross_entropy_logits(pred, fs[i], sp)
             terms["dice"] = soft_dice_loss(p, fs[i], sp)
         depth_loss = cfg.mse_weight * terms["mse"]
         depth_loss += cfg.ce_weight * terms.get("ce", 0.0) + cfg.dice_weight * terms.get(
@@ -331,7 +349,7 @@ def segmentation_loss(
     total, metrics = 0.0, {}
     for i, lg in enumerate(logits):
         p = jax.nn.softmax(lg, axis=-1)
-        ce, dice = cross_entropy(p, fs[i], space), soft_dice_loss(p, fs[i], space)
+        ce, dice = cross_entropy_logits(lg, fs[i], space), soft_dice_loss(p, fs[i], space)
         total = total + weights[i] * (ce_w * ce + dice_w * dice)
         metrics.update({f"ce/depth{i}": ce, f"dice/depth{i}": dice})
     metrics["loss"] = total
@@ -371,6 +389,10 @@ def model_loss(
     else:
         y = sp.leaf_spread(f)
     b = image.shape[0]
+    if cfg.timesteps and max(cfg.timesteps) >= s.num_timesteps:
+        raise ValueError(
+            f"training timesteps {cfg.timesteps} must lie in 0..{s.num_timesteps - 1}"
+        )
     if cfg.timesteps:
         choices = jnp.asarray(cfg.timesteps, jnp.int32)
         t = choices[jax.random.randint(k_t, (b,), 0, len(cfg.timesteps))]
