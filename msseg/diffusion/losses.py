@@ -390,9 +390,7 @@ def model_loss(
         y = sp.leaf_spread(f)
     b = image.shape[0]
     if cfg.timesteps and max(cfg.timesteps) >= s.num_timesteps:
-        raise ValueError(
-            f"training timesteps {cfg.timesteps} must lie in 0..{s.num_timesteps - 1}"
-        )
+        raise ValueError(f"training timesteps {cfg.timesteps} must lie in 0..{s.num_timesteps - 1}")
     if cfg.timesteps:
         choices = jnp.asarray(cfg.timesteps, jnp.int32)
         t = choices[jax.random.randint(k_t, (b,), 0, len(cfg.timesteps))]
