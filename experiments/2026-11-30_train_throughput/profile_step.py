@@ -2,7 +2,8 @@
 reused), its FLOPs, the input pipeline alone, per entry depth, for config variants side by side.
 
     python experiments/2026-11-30_train_throughput/profile_step.py --cache=CACHE \
-        --variant="name:key=value;key=value" --variant=... [--steps=20] [--output=F.json]
+        --variant="name:key=value;key=value" --variant=... [--steps=20] [--trace] \
+        [--output=F.json]
 
 Each variant is the quickstart config with `--config.`-style overrides (python literals).
 """
@@ -10,8 +11,13 @@ Each variant is the quickstart config with `--config.`-style overrides (python l
 from __future__ import annotations
 
 import ast
+import collections
+import glob
+import gzip
 import json
 import platform
+import re
+import tempfile
 import time
 
 import jax
@@ -28,6 +34,28 @@ _CONFIG = flags.DEFINE_string("config", "configs/quickstart.py", "base config")
 _VARIANT = flags.DEFINE_multi_string("variant", ["base:"], "name:key=value;key=value")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per depth")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON output")
+_TRACE = flags.DEFINE_bool(
+    "trace", False, "also trace 5 depth-0 steps (jax.profiler) and sum the time per XLA op kind"
+)
+
+
+def _trace(train_step, st, batch, key) -> tuple:
+    """5 traced steps at entry depth 0 → (state, {op kind: ms of thread time per step}).
+    `ffi_call` is the oneDNN convolutions; thread time, so the sum exceeds the wall time."""
+    folder = tempfile.mkdtemp()
+    jax.profiler.start_trace(folder, create_perfetto_trace=True)
+    for _ in range(5):
+        st, _ = train_step(st, batch, key, 0)
+        jax.block_until_ready(st)
+    jax.profiler.stop_trace()
+    path = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[-1]
+    kinds = collections.Counter()
+    for e in json.load(gzip.open(path))["traceEvents"]:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or "dur" not in e or name.startswith(("$", "Thunk", "Pjit")):
+            continue
+        kinds[re.sub(r"\.\d+$", "", name)] += e["dur"] / 5 / 1000
+    return st, {k: round(v, 2) for k, v in kinds.most_common(20)}
 
 
 def _config(overrides: str):
@@ -99,6 +127,8 @@ def measure(name: str, overrides: str) -> dict:
             "gflop": round(float(cost.get("flops", float("nan"))) / 1e9, 2),
             "loss": float(m["loss"]),
         }
+    if _TRACE.value:
+        st, row["trace_ms_per_step_depth0"] = _trace(train_step, st, batch, key)
     p = tcfg.entry_probs or [1.0] * len(tcfg.entry_depths)
     p = np.asarray(p) / np.sum(p)
     row["expected_s_per_step"] = round(
