@@ -157,6 +157,7 @@ def test_a_failed_export_keeps_the_previous_model(tmp_path):
         ("ddim", {"eta": 0.5, "ensemble": 2}),
         pytest.param("ddpm", {}, marks=pytest.mark.slow),  # 100 steps
         ("multiscale", {"coarse_steps": 2, "refine_steps": 2}),
+        ("anchored", {"refine_steps": 2}),
     ],
 )
 def test_exported_and_local_routes_give_the_same_segmentation(exported, kind, kw):

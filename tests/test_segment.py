@@ -72,14 +72,40 @@ def test_ddim_ensemble_shapes_and_determinism():
     assert float(a["variance"].max()) > 0  # two different members
 
 
-@pytest.mark.parametrize("kind", ["ddpm", "multiscale"])
+@pytest.mark.parametrize("kind", ["ddpm", "multiscale", "anchored"])
 def test_other_samplers_run(kind):
     cfg = segment.SamplerConfig(
         kind=kind, coarse_depth=1, coarse_steps=2, refine_t=0.5, refine_steps=2
     )
     out = run(cfg, jax.random.key(0))
     assert out["labels"].shape == (2, 8, 8, 8) and bool(jnp.isfinite(out["probs"]).all())
-    assert cfg.denoiser_evaluations(S.num_timesteps) == (10 if kind == "ddpm" else 4)
+    expected = {"ddpm": 10, "multiscale": 4, "anchored": 3}[kind]
+    assert cfg.denoiser_evaluations(S.num_timesteps) == expected
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.4])
+def test_the_anchored_sampler_refines_the_one_shot_estimate(scale):
+    """One call from pure noise at T-1, then a truncated chain from refine_t: a chain that
+    records its calls sees exactly that, and the scaled estimate is what gets re-noised."""
+    calls = []
+    truth = jnp.where(jnp.arange(3) == 1, 1.0, -1.0) * jnp.ones((1, 4, 4, 4, 3))
+
+    def chain(image, x_t, key, ts, ts_next, eta, ancestral, depth):
+        calls.append((np.asarray(ts).tolist(), np.asarray(x_t)))
+        return truth  # an oracle: every chain lands on the true mask
+
+    cfg = segment.SamplerConfig(kind="anchored", refine_t=0.5, refine_steps=2)
+    out = segment.chain_masks(
+        chain, IMAGE[:1, :4, :4, :4], jax.random.key(0), S, cfg, 3, 2, 0, scale
+    )
+    np.testing.assert_allclose(out, truth)
+    t_refine = round(0.5 * (S.num_timesteps - 1))
+    assert [c[0] for c in calls] == [[S.num_timesteps - 1], [t_refine, 0]]
+    # the second chain starts from q_sample(scale * truth, t_refine): its mean is that
+    ab = float(S.alphas_cumprod[t_refine])
+    x_t = calls[1][1]
+    resid = (x_t - np.sqrt(ab) * scale * np.asarray(truth)) / np.sqrt(1 - ab)
+    assert abs(resid.mean()) < 0.3 and 0.7 < resid.std() < 1.3
 
 
 def test_multiscale_handles_sizes_that_do_not_divide():

@@ -4,7 +4,7 @@
       [--images=DIR] [--hd95=pooled|max] [--worst=3]
 
   python tools/evaluate.py --model=MODEL --data=SPEC --split=test --output=REPORT
-      [--sampler=ddim|ddpm|multiscale] [--steps=N] [--ensemble=N] [--seed=S] [--depths=0,1]
+      [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S] [--depths=0,1]
 
 Writes REPORT/metrics.csv, summary.json, boxplot_<metric>.png and overlay PNGs of the worst
 cases, then prints mean Dice per label and level. With --model, the split's cases are
@@ -36,7 +36,9 @@ flags.DEFINE_string("output", None, "Report folder to write.")
 flags.DEFINE_string("model", None, "Model directory to segment --data with.")
 flags.DEFINE_string("data", None, "Dataset SPEC to segment and score (with --model).")
 flags.DEFINE_string("split", "test", "Split of --data to evaluate (with --model).")
-flags.DEFINE_enum("sampler", None, ["ddim", "ddpm", "multiscale"], "Sampler (default: model's).")
+flags.DEFINE_enum(
+    "sampler", None, ["ddim", "ddpm", "multiscale", "anchored"], "Sampler (default: model's)."
+)
 flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
 flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
 flags.DEFINE_float("eta", None, "DDIM eta (default: the model's).")

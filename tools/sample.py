@@ -1,7 +1,7 @@
 """Segment T1 NIfTI files with an exported model directory (DESIGN.md §4).
 
   python tools/sample.py --model=MODEL --input=FILE|DIR|GLOB --output=OUT
-      [--sampler=ddim|ddpm|multiscale] [--steps=N] [--ensemble=N] [--seed=S]
+      [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]
       [--level=leaves|all|L]
 
 Needs jax, numpy, nibabel, scipy and matplotlib only: with --route=exported (the default
@@ -21,7 +21,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (tools/export.py).", required=True)
 flags.DEFINE_string("input", None, "A NIfTI file, a folder of them, or a glob.", required=True)
 flags.DEFINE_string("output", None, "Output folder.", required=True)
-flags.DEFINE_enum("sampler", None, ["ddim", "ddpm", "multiscale"], "Sampler (default: model's).")
+flags.DEFINE_enum(
+    "sampler", None, ["ddim", "ddpm", "multiscale", "anchored"], "Sampler (default: model's)."
+)
 flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
 flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
 flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic given the noise).")

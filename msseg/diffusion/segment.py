@@ -11,6 +11,11 @@ Labels come from probabilities by `tree_labels`: top-down through the protocol's
 (`labels.LevelTables`, passed as `tree`), so a voxel's leaf always lies under the node chosen
 at every coarser level; `tree=None` is the plain argmax over leaves (a flat protocol).
 
+Anchored ("anchored", after PD-DDPM's start from a deterministic prediction): one denoiser
+call from pure noise at T-1 (the model's one-shot estimate, what a deterministic segmenter
+would give), re-noised to `refine_t` by q_sample, then a truncated DDIM chain of
+`refine_steps` steps: 1 + refine_steps denoiser calls, on the same chain functions.
+
 Coarse-to-fine ("multiscale"): sample at `coarse_depth` c (image average-pooled by 2^c,
 entering the U-Net at depth c) with `coarse_steps` DDIM steps; then for each finer depth,
 upsample the estimate (nearest), noise it to `refine_t` by q_sample and run a truncated
@@ -46,20 +51,20 @@ ChainFn = Callable[..., jax.Array]
 ancestral, depth) → x0 [B, X, Y, Z, K] float32: `samplers.sample_chain` of the denoiser
 entered at `depth` (a static int)."""
 
-SAMPLERS = ("ddim", "ddpm", "multiscale")
+SAMPLERS = ("ddim", "ddpm", "multiscale", "anchored")
 FUSIONS = ("mean", "vote")
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    kind: str = "ddim"  # "ddim" | "ddpm" | "multiscale"
+    kind: str = "ddim"  # "ddim" | "ddpm" | "multiscale" | "anchored"
     steps: int = 10  # DDIM steps (ddim), ignored by ddpm
     eta: float = 0.0
     ensemble: int = 1
     fusion: str = "mean"  # "mean" | "vote"
     coarse_depth: int = 1  # multiscale: the depth the chain starts at
     coarse_steps: int = 10
-    refine_t: float = 0.4  # multiscale: truncated chains start at refine_t * T
+    refine_t: float = 0.4  # multiscale, anchored: truncated chains start at refine_t * T
     refine_steps: int = 4
     clip_x0: bool = True
 
@@ -78,6 +83,8 @@ class SamplerConfig:
         if self.kind == "ddim":
             return self.steps
         t_refine = int(round(self.refine_t * (num_timesteps - 1)))
+        if self.kind == "anchored":
+            return 1 + min(self.refine_steps, t_refine + 1)
         return self.coarse_steps + self.coarse_depth * min(self.refine_steps, t_refine + 1)
 
 
@@ -149,6 +156,15 @@ def chain_masks(
     """
     e = entry_depth
     shape = (*image.shape[:-1], num_classes)
+    if cfg.kind == "anchored":  # PD-DDPM-style: refine the one-shot estimate
+        k_init, k_first, k_noise, k_chain = jax.random.split(key, 4)
+        x_t = jax.random.normal(k_init, shape, jnp.float32)
+        x0 = _run_chain(chain, image, x_t, k_first, s, cfg, e, 1, None)
+        t_refine = int(round(cfg.refine_t * (s.num_timesteps - 1)))
+        t = jnp.full((shape[0],), t_refine, jnp.int32)
+        x_t = sch.q_sample(s, scale * x0, t, jax.random.normal(k_noise, shape, jnp.float32))
+        steps = min(cfg.refine_steps, t_refine + 1)
+        return _run_chain(chain, image, x_t, k_chain, s, cfg, e, steps, t_refine)
     if cfg.kind != "multiscale":
         k_init, k_chain = jax.random.split(key)
         x_t = jax.random.normal(k_init, shape, jnp.float32)
