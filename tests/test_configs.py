@@ -42,7 +42,9 @@ def test_sections_match_their_dataclasses(section, cls, extra):
 def test_diffusion_section_matches_loss_config():
     d = base_config().diffusion.to_dict()
     loss_keys = {f.name for f in dataclasses.fields(losses.LossConfig)}
-    assert loss_keys <= set(d) and set(d) - loss_keys == {"schedule", "num_timesteps"}
+    # train_timesteps ("all" | "sampler") becomes LossConfig.timesteps in loop.build_setup
+    assert loss_keys - {"timesteps"} <= set(d)
+    assert set(d) - loss_keys == {"schedule", "num_timesteps", "train_timesteps"}
     cfg = losses.LossConfig(
         **{k: v for k, v in d.items() if k in loss_keys and k != "target"},
         target=sch.Target(d["target"]),

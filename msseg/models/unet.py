@@ -48,7 +48,7 @@ class UNetConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # per depth; D = len(channels)
     # one count for every depth (an int or a 1-tuple) or one per depth; 0 at a depth leaves
     # it the stem (or the skip concat) and the resampling convs: a cheap full-resolution depth
-    num_res_blocks: int | tuple[int, ...] = 2
+    num_res_blocks: int | tuple[int, ...] = (2,)
     norm_groups: int = 8
     dropout: float = 0.0
     attention_depths: tuple[int, ...] = ()
