@@ -72,7 +72,11 @@ class Settings:
 
     @property
     def num_depths(self) -> int:
-        return 2 if self.quick else 3
+        """The depths of the config's model (the outputs a depth-weight tuple covers)."""
+        import runpy  # noqa: PLC0415
+
+        config = runpy.run_path(str(ROOT / self.config))["get_config"]()
+        return len(config.model.channels)
 
     @property
     def train_steps(self) -> int:
