@@ -21,6 +21,23 @@ def dataset_of(cache) -> str:
     return json.loads((Path(cache) / "manifest.json").read_text())["root"]
 
 
+def tiny_export_config(cache, steps: int = 3):
+    """configs/tiny.py on a tiny cache, `steps` steps, entering at depths 0 and 1, validated at
+    depth 0, the batch over 2 of the fake devices: a run to export and sample from."""
+    import runpy
+    from pathlib import Path
+
+    c = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "tiny.py"))["get_config"]()
+    c.data.cache = str(cache)
+    c.data.spec = dataset_of(cache)
+    c.train.steps = steps
+    c.train.checkpoint_every = steps
+    c.train.entry_depths = (0, 1)
+    c.train.val_depths = (0,)
+    c.train.mesh_data = 2
+    return c
+
+
 @pytest.fixture(scope="session")
 def tiny_mni_cache(tmp_path_factory):
     """A small embedded set (2 train / 1 val / 1 test at 4 mm) preprocessed at 4 mm."""

@@ -11,26 +11,12 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import dataset_of
+from conftest import tiny_export_config
 
 from msseg.errors import InputError
 from msseg.export import format as fmt
 
 ROOT = Path(__file__).parents[1]
-
-
-def _tiny(cache):
-    import runpy
-
-    c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
-    c.data.cache = str(cache)
-    c.data.spec = dataset_of(cache)
-    c.train.steps = 3
-    c.train.checkpoint_every = 3
-    c.train.entry_depths = (0, 1)
-    c.train.val_depths = (0,)
-    c.train.mesh_data = 2
-    return c
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +27,7 @@ def exported(tmp_path_factory, tiny_mni_cache):
 
     root = tmp_path_factory.mktemp("export")
     workdir = root / "run"
-    train(_tiny(tiny_mni_cache), workdir)
+    train(tiny_export_config(tiny_mni_cache), workdir)
     model_dir = exporter.export_model(workdir, root / "model")
     manifest = json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())
     return workdir, model_dir, Path(manifest["root"])

@@ -3,7 +3,6 @@ recycling, residual blocks per depth, and a logits model with a signal scale thr
 
 import functools
 import json
-import runpy
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import dataset_of
+from conftest import tiny_export_config
 
 from msseg.diffusion import losses, samplers
 from msseg.diffusion import schedule as sch
@@ -21,7 +20,6 @@ from msseg.models.resize import upsample
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import loop
 
-ROOT = Path(__file__).parents[1]
 K = 3
 S = sch.make_schedule("cosine", 50)
 
@@ -509,14 +507,7 @@ def test_a_wrong_number_of_counts_or_a_negative_count_is_refused(blocks):
 
 
 def _tiny_logits(cache):
-    c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
-    c.data.cache = str(cache)
-    c.data.spec = dataset_of(cache)
-    c.train.steps = 2
-    c.train.checkpoint_every = 2
-    c.train.entry_depths = (0, 1)
-    c.train.val_depths = (0,)
-    c.train.mesh_data = 2
+    c = tiny_export_config(cache, steps=2)
     d = c.diffusion
     d.target = "logits"
     d.signal_scale = 0.5
