@@ -20,7 +20,7 @@ stride) so each depth compiles once; padding is scored as unlabelled. Reference 
 d are the majority id of each 2^d cell (leaf, node or named set; IGNORE where less than half
 is labelled), and a label is scored over the voxels whose reference decides it (a partial
 label straddling it and IGNORE are left out, as in msseg.evaluation). Dice follows
-DESIGN.md's empty-mask policy (both empty: 1).
+the evaluation's empty-mask policy (both empty: 1).
 """
 
 from __future__ import annotations
