@@ -402,3 +402,32 @@ def test_training_validation_scores_what_evaluate_reports(exported, tmp_path):
     assert len(cases) >= 1
     assert val["val/depth0/leaves"] == pytest.approx(np.mean(list(cases.values())), abs=1e-6)
     assert val["val_dice"] == val["val/depth0/leaves"]
+
+
+def test_validation_without_the_raw_scans_segments_the_cache_grid(exported):
+    """A run given only its cache (no raw files): validation windows the cache's arrays at
+    each entry depth and scores them against the pooled cache labels."""
+    import ml_collections
+
+    from msseg.data import preprocess
+    from msseg.inference import model as model_lib
+    from msseg.train import checkpoint, loop, validate
+
+    workdir, _, _ = exported
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    setup = loop.build_setup(config, config.data.cache)
+    cases = validate.load_window_cases(config.data.cache, "val")
+    assert cases and all(isinstance(c.image, np.ndarray) for c in cases)
+    manifest = preprocess.load_manifest(config.data.cache)
+    prep = preprocess.PreprocessConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
+    )
+    model = model_lib.in_memory(config.to_dict(), setup.protocol, prep, None)
+    validator = validate.WindowValidator(model, setup.sampler, (0, 1), 0.25, 2)
+    _, ema, _ = checkpoint.restore_params(workdir)
+    val = validator(ema, cases, jax.random.key(0))
+    for d in (0, 1):
+        assert 0.0 <= val[f"val/depth{d}/leaves"] <= 1.0
+        ref = validate.pooled_ids(cases[0].ref, d, setup.protocol)
+        assert ref.shape == tuple(-(-n // 2**d) for n in cases[0].ref.shape)
+    assert val["val_dice"] == val["val/depth0/leaves"]

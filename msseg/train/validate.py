@@ -65,15 +65,7 @@ def load_valset(
         images[i] = c["pad_value"]
         images[i, :sx, :sy, :sz, 0] = c["image"]
         labels[i, :sx, :sy, :sz] = c["label"]
-    targets = {}
-    for d in depths:
-        out = []
-        for lab in labels:
-            soft = id_fractions(lab, source.protocol.num_ids, d + 1)[d]
-            ids = soft.argmax(-1).astype(np.uint8)
-            ids[soft.sum(-1) < 0.5] = labels_lib.IGNORE  # mostly unlabelled or padding
-            out.append(ids)
-        targets[d] = np.stack(out)
+    targets = {d: np.stack([pooled_ids(lab, d, source.protocol) for lab in labels]) for d in depths}
     return ValSet(images, targets, source.protocol)
 
 
@@ -198,10 +190,12 @@ class WindowValidator:
                     pred = segmenter.segment_volume(c.image, ck).labels
                     ref = c.ref
                 else:  # the cache grid, pooled to the entry depth like `load_valset`
-                    image = downsample_np(c.image, 2**d)
+                    f = 2**d
+                    image = np.pad(c.image, [(0, -n % f) for n in c.image.shape], mode="edge")
+                    image = np.asarray(downsample(image[None, ..., None], f))[0, ..., 0]
                     probs, _, _ = segmenter.segment_array(image, ck)
                     pred = np.asarray(seg.tree_labels(probs, tree))
-                    ref = _pooled_ids(c.ref, d, protocol)
+                    ref = pooled_ids(c.ref, d, protocol)
                 scores.append(dice_scores(pred[None], ref[None], protocol))
             names = scores[0].keys()
             mean = {n: float(np.mean([s[n] for s in scores])) for n in names}
@@ -212,20 +206,10 @@ class WindowValidator:
         return metrics
 
 
-def downsample_np(image: np.ndarray, factor: int) -> np.ndarray:
-    """[X, Y, Z] → average-pooled by `factor` (edge-padded to a multiple first)."""
-    if factor == 1:
-        return image
-    pad = [(0, -n % factor) for n in image.shape]
-    x = np.pad(image, pad, mode="edge")
-    sx, sy, sz = (n // factor for n in x.shape)
-    return x.reshape(sx, factor, sy, factor, sz, factor).mean(axis=(1, 3, 5)).astype(np.float32)
-
-
-def _pooled_ids(label: np.ndarray, depth: int, protocol: labels_lib.Protocol) -> np.ndarray:
-    """Reference ids at depth d: the majority id of each 2^d cell (IGNORE if mostly unlabelled)."""
-    if depth == 0:
-        return label
+def pooled_ids(label: np.ndarray, depth: int, protocol: labels_lib.Protocol) -> np.ndarray:
+    """[X, Y, Z] ids → reference ids at depth d: the majority id of each 2^d cell (IGNORE where
+    less than half of it is labelled: unlabelled or padding); sizes are padded with IGNORE to
+    a multiple of 2^d."""
     f = 2**depth
     pad = [(0, -n % f) for n in label.shape]
     lab = np.pad(label, pad, constant_values=labels_lib.IGNORE)
