@@ -33,7 +33,10 @@ flags.DEFINE_integer("ddpm_cases", 1, "Test cases the full DDPM chain runs on.")
 flags.DEFINE_list("ddim_steps", [], "DDIM steps swept, with 10 (default 5,10,25,50; quick 5,10).")
 flags.DEFINE_list("ensembles", [], "Ensemble sizes swept, with 1 (default 1,4,8; quick 1,2).")
 flags.DEFINE_list(
-    "experiments", ["multiscale", "lowres", "diffusion", "cost"], "Experiments to run."
+    "experiments",
+    ["multiscale", "lowres", "diffusion", "cost"],
+    "Experiments to run: some of multiscale, lowres, diffusion, cost, recipe (opt-in: the "
+    "config's diffusion recipe vs the deterministic U-Net with the same loss, two seeds).",
 )
 flags.DEFINE_integer("seed", 0, "Training seed of every arm (config.seed).")
 flags.DEFINE_string("readme", None, "README whose results block gets the tables.")

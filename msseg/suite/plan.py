@@ -10,6 +10,10 @@ question needs it:
   the same parameters and steps as a single-output U-Net;
 - `det_mixed`: as `ms_mixed`, trained as a deterministic segmenter (no diffusion).
 
+The `recipe` experiment (not in the default set: about 2 CPU hours on 2 cores) trains the
+config's diffusion recipe and the same U-Net as a deterministic segmenter with the same
+cross-entropy + Dice loss, at two seeds each: `recipe_diff_s<seed>` and `recipe_det_s<seed>`.
+
 Every step runs a project binary (tools/train.py, export.py, evaluate.py) as a subprocess,
 with its command line logged and stored. A step whose output exists is skipped (training
 resumes from its last checkpoint), so an interrupted suite reruns where it stopped.
@@ -29,7 +33,8 @@ from pathlib import Path
 from absl import logging
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS = ("multiscale", "lowres", "diffusion", "cost")
+EXPERIMENTS = ("multiscale", "lowres", "diffusion", "cost", "recipe")
+DEFAULT_EXPERIMENTS = EXPERIMENTS[:4]  # recipe: opt-in (its own CPU budget)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Settings:
     ddpm_cases: int = 1  # test cases DDPM-1000 is run on (the first ones)
     ddim_steps: tuple[int, ...] = ()  # () = (5, 10, 25, 50), or (5, 10) quick
     ensembles: tuple[int, ...] = ()  # () = (1, 4, 8), or (1, 2) quick
-    experiments: tuple[str, ...] = EXPERIMENTS
+    experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
     seed: int = 0  # training seed of every arm (config.seed)
     readme: Path | None = None  # README whose results block is replaced
     python: str = sys.executable
@@ -65,6 +70,11 @@ class Settings:
     @property
     def ensemble_sweep(self) -> tuple[int, ...]:
         return self.ensembles or ((1, 2) if self.quick else (1, 4, 8))
+
+    @property
+    def recipe_seeds(self) -> tuple[int, ...]:
+        """The recipe experiment's training seeds: `seed` and the next one."""
+        return (self.seed, self.seed + 1)
 
     @property
     def config(self) -> str:
@@ -86,8 +96,9 @@ class Settings:
     def cases(self) -> int:
         return self.max_cases or (1 if self.quick else 0)
 
-    def base_flags(self) -> list[str]:
-        """Flags every arm shares (on top of the config file)."""
+    def base_flags(self, seed: int | None = None) -> list[str]:
+        """Flags every arm shares (on top of the config file); `seed` overrides `self.seed`."""
+        seed = self.seed if seed is None else seed
         flags = [
             f"--config.data.spec={self.data}",
             f"--config.train.steps={self.train_steps}",
@@ -96,8 +107,8 @@ class Settings:
         ]
         if self.quick:  # DDPM over 20 steps instead of 1000: the same code, CI-sized
             flags.append("--config.diffusion.num_timesteps=20")
-        if self.seed:
-            flags.append(f"--config.seed={self.seed}")
+        if seed:
+            flags.append(f"--config.seed={seed}")
         return flags
 
 
@@ -125,6 +136,14 @@ def arms(s: Settings) -> dict[str, list[str]]:
         "--config.train.val_depths=(0,)",
     ]
     single = [1.0] + [0.0] * (s.num_depths - 1)
+    deterministic = ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"]
+    # the recipe arms share one preprocessed cache (the others each build <workdir>/cache)
+    cache = f"--config.data.cache={s.out / 'cache'}"
+    recipe = {}
+    if "recipe" in s.experiments:
+        for seed in s.recipe_seeds:
+            recipe[f"recipe_diff_s{seed}"] = [*s.base_flags(seed), cache]
+            recipe[f"recipe_det_s{seed}"] = [*s.base_flags(seed), cache, *deterministic]
     return {
         "ms_mixed": [*s.base_flags(), *mixed],
         "ms_full": [*s.base_flags(), *full],
@@ -132,9 +151,9 @@ def arms(s: Settings) -> dict[str, list[str]]:
         "det_mixed": [
             *s.base_flags(),
             *mixed,
-            "--config.model.diffusion=False",
-            "--config.train.val_mode=deterministic",
+            *deterministic,
         ],
+        **recipe,
     }
 
 
@@ -187,6 +206,11 @@ def eval_jobs(s: Settings) -> list[EvalJob]:
             ("cost",),
         ),
     ]
+    if "recipe" in s.experiments:
+        for seed in s.recipe_seeds:
+            # the config's own sampler (DDIM with its steps)
+            jobs.append(EvalJob(f"recipe_diff_s{seed}", f"recipe_diff_s{seed}", (), ("recipe",)))
+            jobs.append(EvalJob(f"recipe_det_s{seed}", f"recipe_det_s{seed}", (), ("recipe",)))
     return [j for j in jobs if set(j.experiments) & set(s.experiments)]
 
 
@@ -283,6 +307,7 @@ def run_suite(s: Settings) -> list[Path]:
     for arm in arms(s):  # ms_mixed first: three experiments read it
         if arm in needed:
             train_arm(s, arm)
-    for job in jobs:
-        evaluate(s, job)
+            for job in jobs:  # each arm's evaluations as soon as it is trained
+                if job.arm == arm:
+                    evaluate(s, job)
     return results.write_all(s, jobs)

@@ -19,6 +19,7 @@ from absl import logging
 
 from msseg.suite import figures
 from msseg.suite.plan import (
+    DEFAULT_EXPERIMENTS,
     EXPERIMENTS,
     ROOT,
     EvalJob,
@@ -382,7 +383,7 @@ def suite_command(s: Settings) -> str:
     for flag, value in (("ddim_steps", s.ddim_steps), ("ensembles", s.ensembles)):
         if value:
             cmd.append(f"--{flag}={','.join(map(str, value))}")
-    if tuple(s.experiments) != EXPERIMENTS:
+    if tuple(s.experiments) != DEFAULT_EXPERIMENTS:
         cmd.append(f"--experiments={','.join(s.experiments)}")
     return shlex.join(cmd)
 
