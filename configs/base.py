@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # msseg.diffusion.segment.SamplerConfig, key for key
     s = c.sampler = ml_collections.ConfigDict()
-    s.kind = "ddim"  # "ddim" | "ddpm" | "multiscale"
+    s.kind = "ddim"  # "ddim" | "ddpm" | "multiscale" | "anchored"
     s.steps = 10
     s.eta = 0.0
     s.ensemble = 1
@@ -124,4 +124,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s.refine_t = 0.4
     s.refine_steps = 4
     s.clip_x0 = True
+    s.step_fusion = "none"  # DDIM: "none" (last estimate) | "mean" | "linear" (steps fused)
     return c

@@ -1,5 +1,6 @@
 """The training recipe: the logits target, the signal scale, the training timesteps,
-recycling, residual blocks per depth, and a logits model with a signal scale through export."""
+recycling, residual blocks per depth, step fusion in the sampler, and a logits model with a
+signal scale through export."""
 
 import functools
 import json
@@ -503,6 +504,78 @@ def test_a_wrong_number_of_counts_or_a_negative_count_is_refused(blocks):
 
 
 # ---------------------------------------------------------------------------------------
+# Step fusion: a DDIM chain's per-step estimates averaged.
+
+
+def tiny_chain(target, scale):
+    model, params, image, _ = tiny()
+    return seg.model_chain(model, params, S100, target, True, scale), image
+
+
+def test_step_weights_sum_to_one_and_none_keeps_the_last_estimate():
+    np.testing.assert_allclose(seg.step_weights("none", 4), [0, 0, 0, 1])
+    np.testing.assert_allclose(seg.step_weights("mean", 4), [0.25] * 4)
+    np.testing.assert_allclose(seg.step_weights("linear", 4), np.arange(1, 5) / 10)
+    with pytest.raises(ValueError, match="step_fusion"):
+        seg.step_weights("median", 4)
+
+
+@pytest.mark.parametrize(
+    "target,scale,eta", [(Target.LOGITS, 0.5, 0.0), (Target.X0, 1.0, 0.0), (Target.X0, 1.0, 0.7)]
+)
+def test_a_fused_chain_weighting_only_the_last_step_is_the_plain_chain(target, scale, eta):
+    chain, image = tiny_chain(target, scale)
+    x_t = jax.random.normal(fast_key(4), (*image.shape[:-1], K))
+    ts, ts_next = samplers.chain_timesteps("ddim", 100, 4)
+    plain = chain(image, x_t, fast_key(5), ts, ts_next, eta, False, 0)
+    last = seg.step_weights("none", 4)
+    fused = seg.fused_chain(chain, image, x_t, fast_key(5), S100, ts, ts_next, eta, 0, last, scale)
+    np.testing.assert_allclose(fused, plain, atol=2e-5)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "linear"])
+def test_a_fused_chain_averages_the_estimates_the_chain_makes_at_each_step(fusion):
+    """The oracle: estimate i is the chain's first i steps followed by a last step to x0
+    (eta = 0: the same trajectory), computed without fused_chain."""
+    chain, image = tiny_chain(Target.LOGITS, 0.5)
+    x_t = jax.random.normal(fast_key(6), (*image.shape[:-1], K))
+    ts, ts_next = samplers.chain_timesteps("ddim", 100, 4)
+    estimates = [
+        chain(image, x_t, fast_key(7), ts[: i + 1], np.append(ts_next[:i], -1), 0.0, False, 0)
+        for i in range(4)
+    ]
+    w = seg.step_weights(fusion, 4)
+    want = sum(wi * e for wi, e in zip(w, estimates, strict=True))
+    fused = seg.fused_chain(chain, image, x_t, fast_key(7), S100, ts, ts_next, 0.0, 0, w, 0.5)
+    np.testing.assert_allclose(fused, want, atol=2e-5)
+    assert np.abs(np.asarray(fused) - np.asarray(estimates[-1])).max() > 1e-3  # not the last
+
+
+def test_the_sampler_fuses_its_ddim_chain_when_asked_and_not_otherwise():
+    chain, image = tiny_chain(Target.LOGITS, 0.5)
+    masks = {
+        f: seg.chain_masks(chain, image, fast_key(8), S100, seg.SamplerConfig(
+            steps=3, step_fusion=f), K, 2, 0, 0.5)
+        for f in ("none", "mean")
+    }  # fmt: skip
+    k_init, k_chain = jax.random.split(fast_key(8))
+    x_t = jax.random.normal(k_init, masks["none"].shape, jnp.float32)
+    ts, ts_next = samplers.chain_timesteps("ddim", 100, 3)
+    np.testing.assert_allclose(
+        masks["none"], chain(image, x_t, k_chain, ts, ts_next, 0.0, False, 0)
+    )
+    w = seg.step_weights("mean", 3)
+    want = seg.fused_chain(chain, image, x_t, k_chain, S100, ts, ts_next, 0.0, 0, w, 0.5)
+    np.testing.assert_allclose(masks["mean"], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{"step_fusion": "median"}, {"kind": "ddpm", "step_fusion": "mean"}])
+def test_an_unknown_step_fusion_or_fusing_ddpm_is_refused(kw):
+    with pytest.raises(ValueError, match="step.fusion"):
+        seg.SamplerConfig(**kw)
+
+
+# ---------------------------------------------------------------------------------------
 # A logits model with signal scale 0.5: trained, exported, sampled on both routes.
 
 
@@ -543,7 +616,7 @@ def exported_logits(tmp_path_factory, tiny_mni_cache):
     return model_dir, Path(manifest["root"])
 
 
-def _segment(model_dir, route, kind, raw, scale=0.5):
+def _segment(model_dir, route, kind, raw, scale=0.5, **sampler):
     from msseg import io
     from msseg.data.preprocess import prepare_image
     from msseg.inference import model as model_lib
@@ -551,7 +624,9 @@ def _segment(model_dir, route, kind, raw, scale=0.5):
 
     model = model_lib.load_model(model_dir, route=route)
     assert model.route == route and model.signal_scale == scale
-    cfg = model_lib.sampler_config(model, kind=kind, steps=3, coarse_steps=2, refine_steps=2)
+    cfg = model_lib.sampler_config(
+        model, kind=kind, steps=3, coarse_steps=2, refine_steps=2, **sampler
+    )
     segmenter = predict.Segmenter(model, predict.Options(cfg, batch=8))
     image = sorted((raw / "imagesTs").glob("*.nii.gz"))[0]
     prepared, _ = prepare_image(io.load_image(image), model.preprocess)
@@ -577,3 +652,13 @@ def test_a_scaled_logits_model_gives_the_same_segmentation_on_both_routes(
         (unscaled / "metadata.json").write_text(json.dumps(meta))
         other = _segment(unscaled, "local", kind, raw, scale=1.0)
         assert np.abs(other[0] - out["local"][0]).max() > 1e-2
+
+
+def test_step_fusion_gives_the_same_segmentation_on_both_routes(exported_logits):
+    model_dir, raw = exported_logits
+    out = {
+        r: _segment(model_dir, r, "ddim", raw, step_fusion="mean") for r in ("exported", "local")
+    }
+    np.testing.assert_allclose(out["exported"][0], out["local"][0], atol=2e-3)
+    plain = _segment(model_dir, "local", "ddim", raw)
+    assert np.abs(plain[0] - out["local"][0]).max() > 1e-3

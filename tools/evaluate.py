@@ -4,7 +4,8 @@
       [--images=DIR] [--hd95=pooled|max] [--worst=3]
 
   python tools/evaluate.py --model=MODEL --data=SPEC --split=test --output=REPORT
-      [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S] [--depths=0,1]
+      [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]
+      [--step_fusion=none|mean|linear] [--depths=0,1]
 
 Writes REPORT/metrics.csv, summary.json, boxplot_<metric>.png and overlay PNGs of the worst
 cases, then prints mean Dice per label and level. With --model, the split's cases are
@@ -43,6 +44,12 @@ flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
 flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
 flags.DEFINE_float("eta", None, "DDIM eta (default: the model's).")
 flags.DEFINE_enum("fusion", None, ["mean", "vote"], "Ensemble fusion (default: the model's).")
+flags.DEFINE_enum(
+    "step_fusion",
+    None,
+    ["none", "mean", "linear"],
+    "DDIM step fusion: the chain's per-step estimates averaged (default: the model's).",
+)
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
 flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
@@ -103,6 +110,7 @@ def _model_mode():
             ensemble=FLAGS.ensemble,
             eta=FLAGS.eta,
             fusion=FLAGS.fusion,
+            step_fusion=FLAGS.step_fusion,
         )
         opts = predict.Options(
             cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, input_depth=FLAGS.input_depth

@@ -2,6 +2,7 @@
 
   python tools/sample.py --model=MODEL --input=FILE|DIR|GLOB --output=OUT
       [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]
+      [--step_fusion=none|mean|linear]
       [--level=leaves|all|L]
 
 Needs jax, numpy, nibabel, scipy and matplotlib only: with --route=exported (the default
@@ -28,6 +29,12 @@ flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
 flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
 flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic given the noise).")
 flags.DEFINE_enum("fusion", None, ["mean", "vote"], "Ensemble fusion.")
+flags.DEFINE_enum(
+    "step_fusion",
+    None,
+    ["none", "mean", "linear"],
+    "DDIM step fusion: the chain's per-step estimates averaged (default: the model's).",
+)
 flags.DEFINE_integer("seed", 0, "Random seed (same seed, same segmentation).")
 flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
 flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
@@ -72,6 +79,7 @@ def main(argv):
             ensemble=FLAGS.ensemble,
             eta=FLAGS.eta,
             fusion=FLAGS.fusion,
+            step_fusion=FLAGS.step_fusion,
         )
         predict.check_level(level, model.protocol)
         inputs = predict.find_inputs(FLAGS.input)

@@ -16,6 +16,14 @@ call from pure noise at T-1 (the model's one-shot estimate, what a deterministic
 would give), re-noised to `refine_t` by q_sample, then a truncated DDIM chain of
 `refine_steps` steps: 1 + refine_steps denoiser calls, on the same chain functions.
 
+Step fusion (`step_fusion`, after Diff-UNet's fusion of the per-step predictions): a DDIM
+chain's result is a weighted mean of its steps' x0 estimates instead of the last one alone
+("mean": equal weights; "linear": weight i + 1 for step i, later steps trusted more). The
+same denoiser calls, a free ensemble of the chain's own estimates. For a logits model the
+mean of the estimates 2·softmax − 1 is 2·(mean softmax) − 1. The chain then runs one step
+at a time (each a one-step chain to x0, then the DDIM update outside it), so exported models
+fuse as well, with no change to their artifacts.
+
 Coarse-to-fine ("multiscale"): sample at `coarse_depth` c (image average-pooled by 2^c,
 entering the U-Net at depth c) with `coarse_steps` DDIM steps; then for each finer depth,
 upsample the estimate (nearest), noise it to `refine_t` by q_sample and run a truncated
@@ -36,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from msseg.diffusion import samplers
 from msseg.diffusion import schedule as sch
@@ -53,6 +62,7 @@ entered at `depth` (a static int)."""
 
 SAMPLERS = ("ddim", "ddpm", "multiscale", "anchored")
 FUSIONS = ("mean", "vote")
+STEP_FUSIONS = ("none", "mean", "linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +77,15 @@ class SamplerConfig:
     refine_t: float = 0.4  # multiscale, anchored: truncated chains start at refine_t * T
     refine_steps: int = 4
     clip_x0: bool = True
+    step_fusion: str = "none"  # DDIM chains: "none" (last estimate) | "mean" | "linear"
 
     def __post_init__(self):
         if self.kind not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.kind!r}")
+        if self.step_fusion not in STEP_FUSIONS:
+            raise ValueError(f"step_fusion must be one of {STEP_FUSIONS}, got {self.step_fusion!r}")
+        if self.kind == "ddpm" and self.step_fusion != "none":
+            raise ValueError("step fusion applies to DDIM chains, not to the ddpm sampler")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.ensemble < 1:
@@ -130,10 +145,69 @@ def model_chain(
     return run
 
 
-def _run_chain(chain: ChainFn, image, x_t, key, s, cfg: SamplerConfig, depth, steps, t_start):
+def step_weights(step_fusion: str, steps: int) -> np.ndarray:
+    """float32 [steps] weights (summing to 1) of a chain's per-step estimates."""
+    if step_fusion == "none":
+        w = np.eye(steps)[-1]
+    elif step_fusion == "mean":
+        w = np.ones(steps)
+    elif step_fusion == "linear":
+        w = np.arange(1, steps + 1)
+    else:
+        raise ValueError(f"step_fusion must be one of {STEP_FUSIONS}, got {step_fusion!r}")
+    return (w / w.sum()).astype(np.float32)
+
+
+def fused_chain(
+    chain: ChainFn,
+    image,
+    x_t,
+    key,
+    s: sch.Schedule,
+    ts,
+    ts_next,
+    eta,
+    depth: int,
+    weights,
+    scale: float = 1.0,
+) -> jax.Array:
+    """A DDIM chain over `ts` → `ts_next` returning sum_i weights[i] · x0_i, x0_i the estimate
+    of step i (mask units). Each step is a one-step chain to x0 (`chain` with ts = [t_i],
+    ts_next = [-1]: the clipped estimate), followed by the DDIM update to ts_next[i] computed
+    here from it, as `samplers.sample_chain` does inside; step i's noise (eta > 0) comes from
+    key i of `jax.random.split(key, S)`. With weights one-hot on the last step it equals
+    `chain(image, x_t, key, ts, ts_next, eta, False, depth)`."""
+    ts, ts_next = jnp.asarray(ts, jnp.int32), jnp.asarray(ts_next, jnp.int32)
+    x_t = jnp.asarray(x_t, jnp.float32)
+    batch, end = x_t.shape[0], jnp.full((1,), -1, jnp.int32)
+    noiseless = isinstance(eta, (int, float)) and eta == 0
+
+    def body(carry, step):
+        x, acc = carry
+        t, t_next, k, w = step
+        x0 = chain(image, x, k, t[None], end, 0.0, False, depth)
+        tb, tb_next = jnp.full((batch,), t), jnp.full((batch,), t_next)
+        z0 = x0 if scale == 1.0 else scale * x0
+        eps = sch.eps_from_x0(s, x, tb, z0)
+        noise = jnp.zeros_like(x) if noiseless else jax.random.normal(k, x.shape, jnp.float32)
+        x = samplers.ddim_step(s, x, tb, tb_next, z0, eps, eta, noise)
+        return (x, acc + w * x0), None
+
+    keys = jax.random.split(key, ts.shape[0])
+    w = jnp.asarray(weights, jnp.float32)
+    (_, acc), _ = jax.lax.scan(body, (x_t, jnp.zeros_like(x_t)), (ts, ts_next, keys, w))
+    return acc
+
+
+def _run_chain(
+    chain: ChainFn, image, x_t, key, s, cfg: SamplerConfig, depth, steps, t_start, scale=1.0
+):
     kind = "ddpm" if cfg.kind == "ddpm" else "ddim"
     ts, ts_next = samplers.chain_timesteps(kind, s.num_timesteps, steps, t_start)
     eta = 1.0 if kind == "ddpm" else cfg.eta
+    if kind == "ddim" and cfg.step_fusion != "none" and len(ts) > 1:
+        w = step_weights(cfg.step_fusion, len(ts))
+        return fused_chain(chain, image, x_t, key, s, ts, ts_next, eta, depth, w, scale)
     return chain(image, x_t, key, ts, ts_next, eta, kind == "ddpm", depth)
 
 
@@ -159,16 +233,16 @@ def chain_masks(
     if cfg.kind == "anchored":  # PD-DDPM-style: refine the one-shot estimate
         k_init, k_first, k_noise, k_chain = jax.random.split(key, 4)
         x_t = jax.random.normal(k_init, shape, jnp.float32)
-        x0 = _run_chain(chain, image, x_t, k_first, s, cfg, e, 1, None)
+        x0 = _run_chain(chain, image, x_t, k_first, s, cfg, e, 1, None, scale)
         t_refine = int(round(cfg.refine_t * (s.num_timesteps - 1)))
         t = jnp.full((shape[0],), t_refine, jnp.int32)
         x_t = sch.q_sample(s, scale * x0, t, jax.random.normal(k_noise, shape, jnp.float32))
         steps = min(cfg.refine_steps, t_refine + 1)
-        return _run_chain(chain, image, x_t, k_chain, s, cfg, e, steps, t_refine)
+        return _run_chain(chain, image, x_t, k_chain, s, cfg, e, steps, t_refine, scale)
     if cfg.kind != "multiscale":
         k_init, k_chain = jax.random.split(key)
         x_t = jax.random.normal(k_init, shape, jnp.float32)
-        return _run_chain(chain, image, x_t, k_chain, s, cfg, e, cfg.steps, None)
+        return _run_chain(chain, image, x_t, k_chain, s, cfg, e, cfg.steps, None, scale)
     c = cfg.coarse_depth
     if not 0 < c < num_depths - e:
         raise ValueError(
@@ -180,7 +254,7 @@ def chain_masks(
     images = {d: downsample(image, 2**d) for d in range(c + 1)}
     keys = jax.random.split(key, 2 * (c + 1))
     x_t = jax.random.normal(keys[0], (*images[c].shape[:-1], num_classes), jnp.float32)
-    x0 = _run_chain(chain, images[c], x_t, keys[1], s, cfg, e + c, cfg.coarse_steps, None)
+    x0 = _run_chain(chain, images[c], x_t, keys[1], s, cfg, e + c, cfg.coarse_steps, None, scale)
     t_refine = int(round(cfg.refine_t * (s.num_timesteps - 1)))
     for d in range(c - 1, -1, -1):
         start = upsample(x0, 2)
@@ -189,7 +263,7 @@ def chain_masks(
         x_t = sch.q_sample(s, scale * start, t, noise)
         steps = min(cfg.refine_steps, t_refine + 1)
         x0 = _run_chain(
-            chain, images[d], x_t, keys[2 * (c - d) + 1], s, cfg, e + d, steps, t_refine
+            chain, images[d], x_t, keys[2 * (c - d) + 1], s, cfg, e + d, steps, t_refine, scale
         )
     return x0[:, : spatial[0], : spatial[1], : spatial[2]]
 
