@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.keep_best = 1  # checkpoints kept by validation Dice (the latest is always kept)
     t.init_from = ""  # workdir or checkpoints/<step> to take params from (no resume)
     t.val_cases = 0  # validation cases sampled (0 = all)
-    t.val_depths = (0, 1)  # entry depths validated: Dice per depth
+    t.val_depths = (0,)  # entry depths validated: Dice per depth
     t.val_mode = "sampler"  # "sampler" (the sampler section) | "deterministic"
     # validation segments as tools/evaluate.py does: sliding windows of the patch, Gaussian
     # blending, scored on the scans' own grids; False = whole volumes on the cache grid

@@ -27,6 +27,6 @@ def get_config(arg=None):
     t.log_every = 1
     t.eval_every = 0
     t.checkpoint_every = 2
-    t.val_depths = (0, 1)
+    t.val_depths = (0,)
     c.sampler.steps = 2
     return c

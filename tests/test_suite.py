@@ -153,3 +153,64 @@ def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_pa
     _suite(out, results, readme, data, "--experiments=multiscale")
     assert len((out / "commands.log").read_text().splitlines()) == n_commands
     assert note.read_text().endswith("## Reading\nhand-written\n")
+
+
+def test_the_recipe_experiment_trains_each_recipe_at_two_seeds_on_one_cache(tmp_path):
+    from msseg.suite.plan import DEFAULT_EXPERIMENTS, Settings, arms, eval_jobs
+    from msseg.suite.results import suite_command
+
+    s = Settings(out=tmp_path, results=tmp_path, date="d", seed=3, experiments=("recipe",))
+    a = arms(s)
+    recipe = {k: v for k, v in a.items() if k.startswith("recipe_")}
+    assert set(recipe) == {"recipe_diff_s3", "recipe_det_s3", "recipe_diff_s4", "recipe_det_s4"}
+    for name, flags in recipe.items():
+        seed = int(name[-1])
+        assert flags.count(f"--config.seed={seed}") == 1
+        assert f"--config.data.cache={tmp_path / 'cache'}" in flags
+        assert ("--config.model.diffusion=False" in flags) == ("_det_" in name)
+    # the deterministic arm differs from the diffusion arm only by being deterministic
+    extra = set(a["recipe_det_s3"]) - set(a["recipe_diff_s3"])
+    assert extra == {"--config.model.diffusion=False", "--config.train.val_mode=deterministic"}
+    assert {j.arm for j in eval_jobs(s)} == set(recipe)
+    assert "--experiments=recipe" in suite_command(s)
+    default = Settings(out=tmp_path, results=tmp_path, date="d")
+    assert default.experiments == DEFAULT_EXPERIMENTS and "recipe" not in DEFAULT_EXPERIMENTS
+    assert not any(k.startswith("recipe_") for k in arms(default))
+
+
+@pytest.mark.slow
+def test_quick_recipe_experiment_writes_its_verdict_from_the_evaluations(tmp_path, tiny_mni_cache):
+    data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])
+    out, results = tmp_path / "run", tmp_path / "experiments"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- suite:begin -->\n<!-- suite:end -->\n")
+    _suite(out, results, readme, data, "--experiments=recipe")
+    exp = results / "2000-01-01_recipe_vs_deterministic"
+    res = json.loads((exp / "results.json").read_text())
+    assert set(res["seeds"]) == {"0", "1"}
+    for seed, runs in res["seeds"].items():
+        diff, det = runs["arms"]["diffusion"], runs["arms"]["deterministic"]
+        assert diff["sampler"]["kind"] == "ddim" and det["denoiser_evals_per_window"] == 1
+        for arm, r in runs["arms"].items():
+            summary = json.loads((out / r["source"]).read_text())
+            short = {"diffusion": "diff", "deterministic": "det"}[arm]
+            assert summary["model"].endswith(f"recipe_{short}_s{seed}/model")
+        assert runs["dice_within_margin"] == (
+            diff["dice_leaves"] >= det["dice_leaves"] - res["dice_margin"]
+        )
+        assert runs["ece_no_worse"] == (diff["ece"] <= det["ece"])
+    met = all(r["dice_within_margin"] and r["ece_no_worse"] and r["auroc_at_least"]
+              for r in res["seeds"].values())  # fmt: skip
+    assert res["met"] == met
+    assert (exp / "recipe.png").stat().st_size > 1000
+    # one shared cache, built once
+    assert (out / "cache" / "manifest.json").exists()
+    assert not (out / "recipe_diff_s0" / "cache").exists()
+    allowed = _numbers(res)
+    section = readme.read_text().split("<!-- suite:begin -->")[1]
+    table = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert len(table) == 4  # 2 seeds x 2 arms
+    for line in table:
+        for cell in line.split("|")[3:]:
+            for num in re.findall(r"(?<![\w.-])\d+\.\d+|(?<=\| )\d+(?= \|)", cell):
+                assert num in allowed, (line, num)

@@ -197,6 +197,18 @@ def test_train_binary_says_what_is_wrong_with_a_bad_override(tmp_path):
     assert "stepz" in r.stderr and 'Did you mean "steps"' in r.stderr
 
 
+def test_validating_a_depth_the_model_never_enters_at_is_refused_before_training(
+    tiny_mni_cache,
+):
+    from msseg.train.loop import build_setup
+
+    c = tiny_config(tiny_mni_cache, entry_depths=(0,), val_depths=(0, 1))
+    with pytest.raises(ValueError, match=r"val_depths \(0, 1\) includes depths \[1\]"):
+        build_setup(c, str(tiny_mni_cache))
+    c.train.entry_depths = (0, 1)
+    assert build_setup(c, str(tiny_mni_cache)).train.val_depths == (0, 1)
+
+
 @pytest.mark.slow
 def test_datasets_with_different_label_sets_train_together(tiny_mni_cache, tmp_path):
     """A leaf-labelled dataset and a tissue-only one (declared by name in dataset.json) make

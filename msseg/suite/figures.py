@@ -66,8 +66,13 @@ def plot(name: str, res: dict, folder: Path) -> list[str]:
         axes[1].barh(list(leaves), list(leaves.values()))
         axes[1].set_xlabel("Dice x 100 (leaves)")
         axes[1].set_title("Leaves")
-    elif name == "diffusion":
-        for arm, r in res["arms"].items():
+    elif name == "diffusion" or name == "recipe":
+        arms = res["arms"] if name == "diffusion" else {
+            f"{arm} (seed {seed})": r
+            for seed, runs in res["seeds"].items()
+            for arm, r in runs["arms"].items()
+        }  # fmt: skip
+        for arm, r in arms.items():
             rel = r["reliability"]
             bins = zip(rel["confidence"], rel["accuracy"], rel["count"], strict=True)
             pts = [(c, a) for c, a, n in bins if n]
@@ -79,14 +84,13 @@ def plot(name: str, res: dict, folder: Path) -> list[str]:
         axes[0].set_ylabel("accuracy")
         axes[0].set_title("Reliability (foreground region)")
         axes[0].legend(fontsize=8)
-        arms = list(res["arms"])
         vals = {
-            "ECE x 100": [100 * (res["arms"][a]["ece"] or 0) for a in arms],
-            "entropy AUROC x 100": [
-                100 * (res["arms"][a]["auroc_entropy_error"] or 0) for a in arms
-            ],
+            "ECE x 100": [100 * (r["ece"] or 0) for r in arms.values()],
+            "entropy AUROC x 100": [100 * (r["auroc_entropy_error"] or 0) for r in arms.values()],
         }
-        _bars(axes[1], arms, vals, "x 100")
+        if name == "recipe":
+            vals["Dice leaves x 100"] = [100 * r["dice_leaves"] for r in arms.values()]
+        _bars(axes[1], list(arms), vals, "x 100")
         axes[1].set_title("Calibration and error detection")
     else:
         rows = res["settings"]

@@ -35,6 +35,7 @@ FOLDERS = {
     "lowres": "lowres_entry",
     "diffusion": "diffusion_vs_deterministic",
     "cost": "cost_vs_quality",
+    "recipe": "recipe_vs_deterministic",
 }
 QUESTIONS = {
     "multiscale": "Does supervising every decoder depth (multiscale deep supervision) make the "
@@ -51,6 +52,11 @@ QUESTIONS = {
     "cost": "What does each sampler cost (denoiser evaluations, wall time) and what Dice does "
     "it give: DDPM over the whole schedule, DDIM with 5/10/25/50 steps, multiscale "
     "coarse-to-fine, ensembles of 1/4/8?",
+    "recipe": "Does the config's diffusion recipe, sampled with its own DDIM steps, segment at "
+    "least as well as the same U-Net trained as a deterministic segmenter with the same "
+    "cross-entropy + Dice loss (leaf Dice no more than 0.5 points behind, at each of two "
+    "seeds), with an ECE no worse than the deterministic model's and an entropy AUROC for "
+    "the misclassified voxels of at least 0.85?",
 }
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 READING = "## Reading"
@@ -252,7 +258,48 @@ def cost(s: Settings) -> dict:
     return {"ddpm_cases": subset, "settings": out, "training": {"model": training(s, "ms_mixed")}}
 
 
-BUILDERS = {"multiscale": multiscale, "lowres": lowres, "diffusion": diffusion, "cost": cost}
+# the recipe experiment's bar: leaf Dice within this of the deterministic model's, at every
+# seed; ECE no worse than its; entropy AUROC for the errors at least this
+RECIPE_DICE_MARGIN = 0.005
+RECIPE_MIN_AUROC = 0.85
+
+
+def recipe(s: Settings) -> dict:
+    seeds = {}
+    for seed in s.recipe_seeds:
+        diff, det = extract(s, f"recipe_diff_s{seed}"), extract(s, f"recipe_det_s{seed}")
+        p = paired(diff, det)
+        seeds[str(seed)] = {
+            "arms": {"diffusion": diff, "deterministic": det},
+            # diffusion minus deterministic, case by case
+            "dice_leaves_paired": p,
+            "dice_within_margin": diff["dice_leaves"] >= det["dice_leaves"] - RECIPE_DICE_MARGIN,
+            "ece_no_worse": diff["ece"] <= det["ece"],
+            "auroc_at_least": (diff["auroc_entropy_error"] or 0) >= RECIPE_MIN_AUROC,
+            "training": {
+                "diffusion": training(s, f"recipe_diff_s{seed}"),
+                "deterministic": training(s, f"recipe_det_s{seed}"),
+            },
+        }
+    met = all(
+        r["dice_within_margin"] and r["ece_no_worse"] and r["auroc_at_least"]
+        for r in seeds.values()
+    )
+    return {
+        "dice_margin": RECIPE_DICE_MARGIN,
+        "min_auroc": RECIPE_MIN_AUROC,
+        "seeds": seeds,
+        "met": met,
+    }
+
+
+BUILDERS = {
+    "multiscale": multiscale,
+    "lowres": lowres,
+    "diffusion": diffusion,
+    "cost": cost,
+    "recipe": recipe,
+}
 
 
 # ------------------------------------------------------------------------- tables
@@ -297,6 +344,40 @@ def table(name: str, res: dict) -> str:
             for key, r in runs.items():
                 dice = " | ".join(_pct(r["dice"][k]) for k in sorted(r["dice"], key=int))
                 lines.append(f"| {arm.replace('_', ' ')} | {inputs[key]} | {dice} |")
+        return "\n".join(lines)
+    if name == "recipe":
+        lines = [
+            "| seed | model | denoiser evals / window | Dice leaves | HD95 leaves (mm) | ECE "
+            "| entropy AUROC for errors | s / case (median) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for seed, runs in res["seeds"].items():
+            for arm, r in runs["arms"].items():
+                cells = [
+                    seed,
+                    arm,
+                    str(r["denoiser_evals_per_window"]),
+                    _pct(r["dice_leaves"]),
+                    _num(r["hd95_leaves"], 2),
+                    _num(r["ece"]),
+                    _num(r["auroc_entropy_error"]),
+                    _num(r["median_seconds_per_case"], 1),
+                ]
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        for seed, runs in res["seeds"].items():
+            p = runs["dice_leaves_paired"]
+            spread = f" ± {_pct(p['sd'])} s.d." if p["sd"] is not None else ""
+            lines.append(
+                f"- seed {seed}: diffusion minus deterministic {_pct(p['mean'])}{spread} "
+                f"Dice points case by case, ahead on {p['wins']} of {p['n']} cases; Dice "
+                f"{'within' if runs['dice_within_margin'] else '**not** within'} "
+                f"{_pct(res['dice_margin'])} points, ECE "
+                f"{'no worse' if runs['ece_no_worse'] else '**worse**'}, AUROC "
+                f"{'at least' if runs['auroc_at_least'] else '**under**'} {res['min_auroc']}."
+            )
+        verdict = "met at every seed" if res["met"] else "**not met** at every seed"
+        lines.append(f"- The bar is {verdict}.")
         return "\n".join(lines)
     if name == "diffusion":
         lines = [

@@ -107,6 +107,12 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
     tcfg = TrainConfig(**_tuples(config.train.to_dict()))
     if max(tcfg.entry_depths + tcfg.val_depths) >= model_cfg.num_depths:
         raise ValueError(f"entry/val depths must be < the model's {model_cfg.num_depths} depths")
+    untrained = sorted(set(tcfg.val_depths) - set(tcfg.entry_depths))
+    if untrained:  # say so before training, not when the first validation fails
+        raise ValueError(
+            f"train.val_depths {tcfg.val_depths} includes depths {untrained} the model is not "
+            f"trained to enter at (train.entry_depths {tcfg.entry_depths})"
+        )
     return Setup(
         model=MultiscaleUNet(model_cfg),
         schedule=s,

@@ -33,7 +33,7 @@ class TrainConfig:
     keep_best: int = 1  # checkpoints kept by validation Dice (the latest is always kept)
     init_from: str = ""  # workdir or checkpoint step folder to take params from (no resume)
     val_cases: int = 0  # validation cases to sample (0 = all)
-    val_depths: tuple[int, ...] = (0, 1)  # entry depths validated (Dice per depth)
+    val_depths: tuple[int, ...] = (0,)  # entry depths validated (Dice per depth)
     val_mode: str = "sampler"  # "sampler" (the `sampler` config) | "deterministic" head
     # segment validation cases as tools/evaluate.py does (sliding windows of the patch, scored
     # on the scans' own grids); False: whole volumes on the cache grid (msseg.train.validate)
