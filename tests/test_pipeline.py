@@ -80,6 +80,26 @@ def test_two_processes_get_disjoint_cases(tiny_mni_cache):
     assert seen[0] | seen[1] <= set(range(len(source)))
 
 
+def test_a_case_source_opens_each_file_once_from_many_threads(tiny_mni_cache, monkeypatch):
+    """np.load parses .npy headers with ast, which CPython 3.11 cannot do from two threads at
+    once (python/cpython#106905): the loader threads open each case once, under a lock."""
+    import concurrent.futures
+    import pickle
+
+    source = pipeline.CaseSource(str(tiny_mni_cache), "train")
+    real_load, calls = np.load, []
+    monkeypatch.setattr(np, "load", lambda *a, **k: calls.append(a[0]) or real_load(*a, **k))
+    order = [i % len(source) for i in range(8 * len(source))]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(source.__getitem__, order))
+    assert len(calls) == 3 * len(source) == len(set(calls))
+    for i, element in zip(order, got, strict=True):
+        assert element["case"] == source.index[i]
+        assert element["image"] is got[i]["image"]  # the same memory map every time
+    clone = pickle.loads(pickle.dumps(source))  # a worker process opens its own
+    assert clone._opened == {} and np.array_equal(clone[0]["label"], source[0]["label"])
+
+
 def test_id_fractions_are_pooled_one_hot_over_every_id():
     protocol = labels_lib.get_protocol("mni-tissue")
     j = protocol.num_ids

@@ -18,6 +18,7 @@ each depth on the device (msseg.train.step.at_depth), so a partial label keeps i
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +64,13 @@ class PipelineConfig:
             raise ValueError(f"dataset_weights {w} must be >= 0 with a positive sum")
 
 
+# np.load parses a .npy header with ast.literal_eval, and CPython 3.11's AST constructor keeps
+# its recursion depth in per-interpreter state: two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905), which
+# stopped a training run at step 2420. The loader threads open files under this lock, once.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 class CaseSource:
     """Random access over the cases of one split of a preprocessed cache (arrays memory-mapped).
 
@@ -86,20 +94,31 @@ class CaseSource:
             where = f" of dataset {dataset!r}" if dataset is not None else ""
             raise ValueError(f"{cache}: no '{split}' cases{where} in the manifest")
         self.protocol = labels_lib.Protocol.from_json(manifest["protocol"])
+        # each case's arrays, opened once (image and label memory-mapped, read-only)
+        self._opened: dict[int, dict] = {}
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        arrays = self._opened.get(index)
+        if arrays is None:
+            rec = self.records[index]
+            root = Path(self.cache)
+            with _NPY_HEADER_LOCK:
+                arrays = self._opened.setdefault(
+                    index,
+                    {
+                        "image": np.load(root / rec["files"]["image"], mmap_mode="r"),
+                        "label": np.load(root / rec["files"]["label"], mmap_mode="r"),
+                        "fg": np.load(root / rec["files"]["fg"]),
+                    },
+                )
         rec = self.records[index]
-        root = Path(self.cache)
-        return {
-            "image": np.load(root / rec["files"]["image"], mmap_mode="r"),
-            "label": np.load(root / rec["files"]["label"], mmap_mode="r"),
-            "fg": np.load(root / rec["files"]["fg"]),
-            "pad_value": rec["pad_value"],
-            "case": self.index[index],
-        }
+        return {**arrays, "pad_value": rec["pad_value"], "case": self.index[index]}
+
+    def __getstate__(self) -> dict:  # worker processes open their own
+        return {**self.__dict__, "_opened": {}}
 
     def __repr__(self) -> str:
         return f"CaseSource(cache={self.cache!r}, split={self.split!r}, dataset={self.dataset!r})"
