@@ -59,15 +59,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.diffusion = True  # False: the deterministic segmenter baseline
     m.conv_impl = "auto"  # "auto" (fastest on the platform) | "xla" | "slices2d" | "onednn"
 
-    # msseg.diffusion: schedule, and losses.LossConfig key for key
+    # msseg.diffusion: schedule, and losses.LossConfig key for key. The defaults are the
+    # recipe of experiments/2026-11-30_recipe_screen: logits with cross-entropy + soft Dice,
+    # recycling, training at the sampler's DDIM timesteps (LossConfig's own defaults are the
+    # original recipe: x0 target, MSE, every timestep, no recycling)
     d = c.diffusion = ml_collections.ConfigDict()
     d.schedule = "linear"  # "linear" | "cosine" (linear: lower SNR, better for binary masks)
     d.num_timesteps = 1000
-    d.target = "x0"  # "eps" | "x0" | "v" | "logits" (softmax: CE and Dice act on it directly)
+    d.target = "logits"  # "eps" | "x0" | "v" | "logits" (softmax: CE and Dice act on it directly)
     d.depth_weights = ()  # () = 1/2^d normalised
-    d.mse_weight = 1.0
-    d.ce_weight = 0.0
-    d.dice_weight = 0.0
+    d.mse_weight = 0.0
+    d.ce_weight = 1.0
+    d.dice_weight = 1.0
     # noising input at partially labelled voxels: "spread" over the node's leaves, or "draw"
     # one of them per voxel (msseg.diffusion.losses.LossConfig.partial_noise)
     d.partial_noise = "spread"
@@ -77,10 +80,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the timesteps training draws: "all" (0..T-1) or "sampler" (the DDIM timesteps of
     # sampler.steps: the only ones a DDIM chain of that length visits; the multiscale
     # sampler's chains and other step counts visit others)
-    d.train_timesteps = "all"
+    d.train_timesteps = "sampler"
     # recycling: the share of examples whose x_t noises the model's own estimate (from pure
     # noise, no gradient) instead of the truth, as sampling does (x0 / logits targets)
-    d.recycle_prob = 0.0
+    d.recycle_prob = 1.0
 
     # msseg.train.state.TrainConfig, key for key
     t = c.train = ml_collections.ConfigDict()
@@ -115,7 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # msseg.diffusion.segment.SamplerConfig, key for key
     s = c.sampler = ml_collections.ConfigDict()
     s.kind = "ddim"  # "ddim" | "ddpm" | "multiscale" | "anchored"
-    s.steps = 10
+    s.steps = 5  # DDIM-5: the chain the default recipe trains for
     s.eta = 0.0
     s.ensemble = 1
     s.fusion = "mean"  # "mean" | "vote"

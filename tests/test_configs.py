@@ -49,4 +49,7 @@ def test_diffusion_section_matches_loss_config():
         **{k: v for k, v in d.items() if k in loss_keys and k != "target"},
         target=sch.Target(d["target"]),
     )
-    assert cfg == losses.LossConfig()
+    # the base config trains the screened recipe; LossConfig's defaults are the original one
+    recipe = {"mse_weight": 0.0, "ce_weight": 1.0, "dice_weight": 1.0, "recycle_prob": 1.0}
+    assert cfg == losses.LossConfig(target=sch.Target.LOGITS, **recipe)
+    assert d["train_timesteps"] == "sampler"

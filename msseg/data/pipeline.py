@@ -106,14 +106,13 @@ class CaseSource:
             rec = self.records[index]
             root = Path(self.cache)
             with _NPY_HEADER_LOCK:
-                arrays = self._opened.setdefault(
-                    index,
-                    {
+                arrays = self._opened.get(index)  # another thread may have opened it
+                if arrays is None:
+                    arrays = self._opened[index] = {
                         "image": np.load(root / rec["files"]["image"], mmap_mode="r"),
                         "label": np.load(root / rec["files"]["label"], mmap_mode="r"),
                         "fg": np.load(root / rec["files"]["fg"]),
-                    },
-                )
+                    }
         rec = self.records[index]
         return {**arrays, "pad_value": rec["pad_value"], "case": self.index[index]}
 

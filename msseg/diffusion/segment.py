@@ -68,7 +68,7 @@ STEP_FUSIONS = ("none", "mean", "linear")
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     kind: str = "ddim"  # "ddim" | "ddpm" | "multiscale" | "anchored"
-    steps: int = 10  # DDIM steps (ddim), ignored by ddpm
+    steps: int = 5  # DDIM steps (ddim), ignored by ddpm
     eta: float = 0.0
     ensemble: int = 1
     fusion: str = "mean"  # "mean" | "vote"
