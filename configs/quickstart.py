@@ -1,5 +1,5 @@
 """The README's main job: the embedded mni152 set at 2 mm, trained on a 2-core CPU in about
-8 minutes (the whole job, fresh clone to evaluation, under 15), with a model worth sampling.
+9 minutes (the whole job, fresh clone to evaluation, about 14), with a model worth sampling.
 
 The model is shaped for CPU time (experiments/2026-11-30_train_throughput): 8 channels and no
 residual block at full resolution, the capacity at depths 1-3, 2.8x cheaper per step than
