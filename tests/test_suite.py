@@ -214,3 +214,52 @@ def test_quick_recipe_experiment_writes_its_verdict_from_the_evaluations(tmp_pat
         for cell in line.split("|")[3:]:
             for num in re.findall(r"(?<![\w.-])\d+\.\d+|(?<=\| )\d+(?= \|)", cell):
                 assert num in allowed, (line, num)
+
+
+def test_the_screen_switches_each_recipe_part_at_a_reduced_budget(tmp_path):
+    from msseg.suite.plan import SCREEN, Settings, arm_steps, arms, eval_jobs
+
+    s = Settings(out=tmp_path, results=tmp_path, date="d", steps=1000, experiments=("screen",))
+    a = arms(s)
+    assert {k for k in a if k.startswith("screen_")} == {f"screen_{n}" for n in SCREEN}
+    assert s.screen_steps == 400 and arm_steps(s, "screen_x0") == 400
+    for name in SCREEN:
+        flags = a[f"screen_{name}"]
+        assert [f for f in flags if f.startswith("--config.train.steps=")] == [
+            "--config.train.steps=400"
+        ]
+    assert a["screen_recipe"] == a["screen_det"][: len(a["screen_recipe"])]  # the config alone
+    assert "--config.diffusion.target=x0" in a["screen_x0"]
+    assert {j.arm for j in eval_jobs(s)} == {f"screen_{n}" for n in SCREEN}
+
+
+@pytest.mark.slow
+def test_quick_screen_writes_each_arm_against_the_deterministic_one(tmp_path, tiny_mni_cache):
+    from msseg.suite.plan import SCREEN
+
+    data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])
+    out, results = tmp_path / "run", tmp_path / "experiments"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- suite:begin -->\n<!-- suite:end -->\n")
+    _suite(out, results, readme, data, "--experiments=screen")
+    res = json.loads((results / "2000-01-01_recipe_changes_screen" / "results.json").read_text())
+    assert res["steps"] == 1 and set(res["arms"]) == set(SCREEN)
+    assert set(res["dice_leaves_paired_vs_det"]) == set(SCREEN) - {"det"}
+    for name, r in res["arms"].items():
+        config = json.loads((out / f"screen_{name}" / "config.json").read_text())
+        assert res["training"][name]["steps"] == 1 and config["train"]["steps"] == 1
+        if name != "det":  # the config's own DDIM steps for the recipe, else DDIM-10
+            own = config["sampler"]["steps"] if name.startswith("recipe") else 10
+            assert r["sampler"]["steps"] == own == config["sampler"]["steps"]
+    x0 = json.loads((out / "screen_x0" / "config.json").read_text())["diffusion"]
+    assert (x0["target"], x0["recycle_prob"], x0["train_timesteps"]) == ("x0", 0.0, "all")
+    b03 = json.loads((out / "screen_recipe_b03" / "config.json").read_text())["diffusion"]
+    assert b03["signal_scale"] == 0.3 and b03["recycle_prob"] == 1.0
+    allowed = _numbers(res)
+    section = readme.read_text().split("<!-- suite:begin -->")[1]
+    table = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert len(table) == len(SCREEN)
+    for line in table:
+        for cell in line.split("|")[2:-2]:
+            for num in re.findall(r"(?<![\w.-])\d+\.\d+|(?<=\| )\d+(?= \|)", cell):
+                assert num in allowed, (line, num)

@@ -35,8 +35,9 @@ flags.DEFINE_list("ensembles", [], "Ensemble sizes swept, with 1 (default 1,4,8;
 flags.DEFINE_list(
     "experiments",
     ["multiscale", "lowres", "diffusion", "cost"],
-    "Experiments to run: some of multiscale, lowres, diffusion, cost, recipe (opt-in: the "
-    "config's diffusion recipe vs the deterministic U-Net with the same loss, two seeds).",
+    "Experiments to run: some of multiscale, lowres, diffusion, cost, and the opt-in recipe "
+    "(the config's diffusion recipe vs the deterministic U-Net with the same loss, two seeds) "
+    "and screen (each recipe change at 40 % of the steps, one seed).",
 )
 flags.DEFINE_integer("seed", 0, "Training seed of every arm (config.seed).")
 flags.DEFINE_string("readme", None, "README whose results block gets the tables.")

@@ -92,6 +92,17 @@ def plot(name: str, res: dict, folder: Path) -> list[str]:
             vals["Dice leaves x 100"] = [100 * r["dice_leaves"] for r in arms.values()]
         _bars(axes[1], list(arms), vals, "x 100")
         axes[1].set_title("Calibration and error detection")
+    elif name == "screen":
+        arms = res["arms"]
+        axes[0].barh(list(arms), [100 * r["dice_leaves"] for r in arms.values()])
+        axes[0].set_xlabel("Dice x 100 (leaves)")
+        axes[0].set_title(f"Leaf Dice after {res['steps']} steps")
+        vals = {
+            "ECE x 100": [100 * (r["ece"] or 0) for r in arms.values()],
+            "entropy AUROC x 100": [100 * (r["auroc_entropy_error"] or 0) for r in arms.values()],
+        }
+        _bars(axes[1], list(arms), vals, "x 100")
+        axes[1].set_title("Calibration and error detection")
     else:
         rows = res["settings"]
         for key, ax, xlabel in (

@@ -13,6 +13,8 @@ question needs it:
 The `recipe` experiment (not in the default set: about 2 CPU hours on 2 cores) trains the
 config's diffusion recipe and the same U-Net as a deterministic segmenter with the same
 cross-entropy + Dice loss, at two seeds each: `recipe_diff_s<seed>` and `recipe_det_s<seed>`.
+The `screen` experiment (opt-in, about 1.5 CPU hours) trains one seed of each recipe change
+alone and in the combinations that led to the default, at 40 % of the steps (`SCREEN`).
 
 Every step runs a project binary (tools/train.py, export.py, evaluate.py) as a subprocess,
 with its command line logged and stored. A step whose output exists is skipped (training
@@ -33,8 +35,33 @@ from pathlib import Path
 from absl import logging
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS = ("multiscale", "lowres", "diffusion", "cost", "recipe")
-DEFAULT_EXPERIMENTS = EXPERIMENTS[:4]  # recipe: opt-in (its own CPU budget)
+EXPERIMENTS = ("multiscale", "lowres", "diffusion", "cost", "recipe", "screen")
+DEFAULT_EXPERIMENTS = EXPERIMENTS[:4]  # recipe, screen: opt-in (their own CPU budgets)
+
+# The screen's arms: flags on top of the config (whose diffusion defaults are the chosen
+# recipe: logits, CE + Dice, recycling, training at DDIM-5's timesteps). Each switches the
+# recipe's parts off or on; `x0` is the original recipe.
+_ALL_T = "--config.diffusion.train_timesteps=all"
+_NO_REC = "--config.diffusion.recycle_prob=0.0"
+_DDIM10 = "--config.sampler.steps=10"
+SCREEN = {
+    "det": ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"],
+    "x0": [
+        "--config.diffusion.target=x0",
+        "--config.diffusion.mse_weight=1.0",
+        "--config.diffusion.ce_weight=0.0",
+        "--config.diffusion.dice_weight=0.0",
+        _ALL_T,
+        _NO_REC,
+        _DDIM10,
+    ],
+    "logits": [_ALL_T, _NO_REC, _DDIM10],
+    "logits_fs": [_NO_REC, _DDIM10],
+    "logits_rec": [_ALL_T, _DDIM10],
+    "logits_rec_fs": [_DDIM10],
+    "recipe": [],
+    "recipe_b03": ["--config.diffusion.signal_scale=0.3"],
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +99,11 @@ class Settings:
         return self.ensembles or ((1, 2) if self.quick else (1, 4, 8))
 
     @property
+    def screen_steps(self) -> int:
+        """The screen's reduced budget: 40 % of the training steps."""
+        return max(1, round(0.4 * self.train_steps))
+
+    @property
     def recipe_seeds(self) -> tuple[int, ...]:
         """The recipe experiment's training seeds: `seed` and the next one."""
         return (self.seed, self.seed + 1)
@@ -96,14 +128,16 @@ class Settings:
     def cases(self) -> int:
         return self.max_cases or (1 if self.quick else 0)
 
-    def base_flags(self, seed: int | None = None) -> list[str]:
-        """Flags every arm shares (on top of the config file); `seed` overrides `self.seed`."""
+    def base_flags(self, seed: int | None = None, steps: int | None = None) -> list[str]:
+        """Flags every arm shares (on top of the config file); `seed` and `steps` override
+        `self.seed` and `train_steps`."""
         seed = self.seed if seed is None else seed
+        steps = steps or self.train_steps
         flags = [
             f"--config.data.spec={self.data}",
-            f"--config.train.steps={self.train_steps}",
+            f"--config.train.steps={steps}",
             "--config.train.eval_every=0",
-            f"--config.train.checkpoint_every={max(1, min(250, self.train_steps // 4))}",
+            f"--config.train.checkpoint_every={max(1, min(250, steps // 4))}",
         ]
         if self.quick:  # DDPM over 20 steps instead of 1000: the same code, CI-sized
             flags.append("--config.diffusion.num_timesteps=20")
@@ -140,6 +174,9 @@ def arms(s: Settings) -> dict[str, list[str]]:
     # the recipe arms share one preprocessed cache (the others each build <workdir>/cache)
     cache = f"--config.data.cache={s.out / 'cache'}"
     recipe = {}
+    if "screen" in s.experiments:
+        for name, flags in SCREEN.items():
+            recipe[f"screen_{name}"] = [*s.base_flags(steps=s.screen_steps), cache, *flags]
     if "recipe" in s.experiments:
         for seed in s.recipe_seeds:
             recipe[f"recipe_diff_s{seed}"] = [*s.base_flags(seed), cache]
@@ -206,6 +243,8 @@ def eval_jobs(s: Settings) -> list[EvalJob]:
             ("cost",),
         ),
     ]
+    if "screen" in s.experiments:
+        jobs += [EvalJob(f"screen_{name}", f"screen_{name}", (), ("screen",)) for name in SCREEN]
     if "recipe" in s.experiments:
         for seed in s.recipe_seeds:
             # the config's own sampler (DDIM with its steps)
@@ -275,17 +314,23 @@ def eval_command(s: Settings, job: EvalJob) -> list[str]:
     ]
 
 
+def arm_steps(s: Settings, arm: str) -> int:
+    """The training steps of an arm (the screen's are fewer)."""
+    return s.screen_steps if arm.startswith("screen_") else s.train_steps
+
+
 def train_arm(s: Settings, arm: str) -> None:
     """Trains (or resumes) and exports one arm; its wall times go to <arm>/suite_train.json."""
     record = s.out / arm / "suite_train.json"
     done = json.loads(record.read_text()) if record.exists() else {"train_s": [], "export_s": 0}
-    if done.get("steps") == s.train_steps and (s.out / arm / "model" / "metadata.json").exists():
+    steps = arm_steps(s, arm)
+    if done.get("steps") == steps and (s.out / arm / "model" / "metadata.json").exists():
         logging.info("suite: %s is trained and exported (%s)", arm, record)
         return
     train_cmd, export_cmd = train_commands(s, arm)
     done["train_s"].append(round(_run(s, train_cmd, f"train_{arm}"), 1))
     done["export_s"] = round(_run(s, export_cmd, f"export_{arm}"), 1)
-    done["steps"] = s.train_steps
+    done["steps"] = steps
     done["commands"] = [shown(c) for c in (train_cmd, export_cmd)]
     record.write_text(json.dumps(done, indent=1) + "\n")
 

@@ -22,6 +22,7 @@ from msseg.suite.plan import (
     DEFAULT_EXPERIMENTS,
     EXPERIMENTS,
     ROOT,
+    SCREEN,
     EvalJob,
     Settings,
     eval_command,
@@ -36,6 +37,7 @@ FOLDERS = {
     "diffusion": "diffusion_vs_deterministic",
     "cost": "cost_vs_quality",
     "recipe": "recipe_vs_deterministic",
+    "screen": "recipe_changes_screen",
 }
 QUESTIONS = {
     "multiscale": "Does supervising every decoder depth (multiscale deep supervision) make the "
@@ -57,6 +59,10 @@ QUESTIONS = {
     "cross-entropy + Dice loss (leaf Dice no more than 0.5 points behind, at each of two "
     "seeds), with an ECE no worse than the deterministic model's and an entropy AUROC for "
     "the misclassified voxels of at least 0.85?",
+    "screen": "At a reduced budget and one seed, what does each part of the diffusion recipe "
+    "(logits with CE + Dice, training at the sampler's timesteps, recycling, a signal scale) "
+    "add, alone and combined, against the original x0 recipe and the same U-Net trained "
+    "deterministically?",
 }
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 READING = "## Reading"
@@ -293,12 +299,26 @@ def recipe(s: Settings) -> dict:
     }
 
 
+def screen(s: Settings) -> dict:
+    arms = {name: extract(s, f"screen_{name}") for name in SCREEN}
+    det = arms["det"]
+    return {
+        "steps": s.screen_steps,
+        "flags": SCREEN,
+        "arms": arms,
+        # each arm minus the deterministic U-Net, case by case
+        "dice_leaves_paired_vs_det": {n: paired(r, det) for n, r in arms.items() if n != "det"},
+        "training": {n: training(s, f"screen_{n}") for n in SCREEN},
+    }
+
+
 BUILDERS = {
     "multiscale": multiscale,
     "lowres": lowres,
     "diffusion": diffusion,
     "cost": cost,
     "recipe": recipe,
+    "screen": screen,
 }
 
 
@@ -344,6 +364,26 @@ def table(name: str, res: dict) -> str:
             for key, r in runs.items():
                 dice = " | ".join(_pct(r["dice"][k]) for k in sorted(r["dice"], key=int))
                 lines.append(f"| {arm.replace('_', ' ')} | {inputs[key]} | {dice} |")
+        return "\n".join(lines)
+    if name == "screen":
+        lines = [
+            "| arm | denoiser evals / window | Dice leaves | HD95 leaves (mm) | ECE "
+            "| entropy AUROC for errors | minus det, case by case |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for arm, r in res["arms"].items():
+            p = res["dice_leaves_paired_vs_det"].get(arm)
+            vs = "—" if p is None else f"{_pct(p['mean'])} ({p['wins']}/{p['n']} ahead)"
+            cells = [
+                arm,
+                str(r["denoiser_evals_per_window"]),
+                _pct(r["dice_leaves"]),
+                _num(r["hd95_leaves"], 2),
+                _num(r["ece"]),
+                _num(r["auroc_entropy_error"]),
+                vs,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
     if name == "recipe":
         lines = [
