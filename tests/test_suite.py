@@ -52,6 +52,29 @@ def _numbers(obj) -> set[str]:
     return _renderings(obj)
 
 
+def _quick_experiment(tmp_path: Path, cache, name: str) -> tuple[Path, Path, Path]:
+    """Runs one opt-in experiment of the quick suite; returns (out, results, readme)."""
+    data = Path(json.loads((Path(cache) / "manifest.json").read_text())["root"])
+    out, results = tmp_path / "run", tmp_path / "experiments"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- suite:begin -->\n<!-- suite:end -->\n")
+    _suite(out, results, readme, data, f"--experiments={name}")
+    return out, results, readme
+
+
+def _table_numbers_from(readme: Path, res: dict, first: int, last: int | None = None) -> list:
+    """The README table's rows, after checking that every number in their cells first..last
+    is one of results.json's."""
+    allowed = _numbers(res)
+    section = readme.read_text().split("<!-- suite:begin -->")[1]
+    table = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    for line in table:
+        for cell in line.split("|")[first:last]:
+            for num in re.findall(r"(?<![\w.-])\d+\.\d+|(?<=\| )\d+(?= \|)", cell):
+                assert num in allowed, (line, num)
+    return table
+
+
 def test_paired_differences_use_only_the_cases_both_arms_scored():
     from msseg.suite.results import paired
 
@@ -180,11 +203,7 @@ def test_the_recipe_experiment_trains_each_recipe_at_two_seeds_on_one_cache(tmp_
 
 @pytest.mark.slow
 def test_quick_recipe_experiment_writes_its_verdict_from_the_evaluations(tmp_path, tiny_mni_cache):
-    data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])
-    out, results = tmp_path / "run", tmp_path / "experiments"
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- suite:begin -->\n<!-- suite:end -->\n")
-    _suite(out, results, readme, data, "--experiments=recipe")
+    out, results, readme = _quick_experiment(tmp_path, tiny_mni_cache, "recipe")
     exp = results / "2000-01-01_recipe_vs_deterministic"
     res = json.loads((exp / "results.json").read_text())
     assert set(res["seeds"]) == {"0", "1"}
@@ -206,14 +225,7 @@ def test_quick_recipe_experiment_writes_its_verdict_from_the_evaluations(tmp_pat
     # one shared cache, built once
     assert (out / "cache" / "manifest.json").exists()
     assert not (out / "recipe_diff_s0" / "cache").exists()
-    allowed = _numbers(res)
-    section = readme.read_text().split("<!-- suite:begin -->")[1]
-    table = [line for line in section.splitlines() if line.startswith("| ")][1:]
-    assert len(table) == 4  # 2 seeds x 2 arms
-    for line in table:
-        for cell in line.split("|")[3:]:
-            for num in re.findall(r"(?<![\w.-])\d+\.\d+|(?<=\| )\d+(?= \|)", cell):
-                assert num in allowed, (line, num)
+    assert len(_table_numbers_from(readme, res, first=3)) == 4  # 2 seeds x 2 arms
 
 
 def test_the_screen_switches_each_recipe_part_at_a_reduced_budget(tmp_path):
@@ -237,11 +249,7 @@ def test_the_screen_switches_each_recipe_part_at_a_reduced_budget(tmp_path):
 def test_quick_screen_writes_each_arm_against_the_deterministic_one(tmp_path, tiny_mni_cache):
     from msseg.suite.plan import SCREEN
 
-    data = Path(json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())["root"])
-    out, results = tmp_path / "run", tmp_path / "experiments"
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- suite:begin -->\n<!-- suite:end -->\n")
-    _suite(out, results, readme, data, "--experiments=screen")
+    out, results, readme = _quick_experiment(tmp_path, tiny_mni_cache, "screen")
     res = json.loads((results / "2000-01-01_recipe_changes_screen" / "results.json").read_text())
     assert res["steps"] == 1 and set(res["arms"]) == set(SCREEN)
     assert set(res["dice_leaves_paired_vs_det"]) == set(SCREEN) - {"det"}
@@ -255,11 +263,4 @@ def test_quick_screen_writes_each_arm_against_the_deterministic_one(tmp_path, ti
     assert (x0["target"], x0["recycle_prob"], x0["train_timesteps"]) == ("x0", 0.0, "all")
     b03 = json.loads((out / "screen_recipe_b03" / "config.json").read_text())["diffusion"]
     assert b03["signal_scale"] == 0.3 and b03["recycle_prob"] == 1.0
-    allowed = _numbers(res)
-    section = readme.read_text().split("<!-- suite:begin -->")[1]
-    table = [line for line in section.splitlines() if line.startswith("| ")][1:]
-    assert len(table) == len(SCREEN)
-    for line in table:
-        for cell in line.split("|")[2:-2]:
-            for num in re.findall(r"(?<![\w.-])\d+\.\d+|(?<=\| )\d+(?= \|)", cell):
-                assert num in allowed, (line, num)
+    assert len(_table_numbers_from(readme, res, first=2, last=-2)) == len(SCREEN)

@@ -325,6 +325,19 @@ BUILDERS = {
 # ------------------------------------------------------------------------- tables
 
 
+def _arm_row(head: list[str], r: dict, tail: list[str]) -> str:
+    """A table row: `head`, then an evaluation's denoiser evaluations per window, leaf Dice,
+    leaf HD95, ECE and entropy AUROC, then `tail`."""
+    cells = [
+        str(r["denoiser_evals_per_window"]),
+        _pct(r["dice_leaves"]),
+        _num(r["hd95_leaves"], 2),
+        _num(r["ece"]),
+        _num(r["auroc_entropy_error"]),
+    ]
+    return "| " + " | ".join([*head, *cells, *tail]) + " |"
+
+
 def table(name: str, res: dict) -> str:
     """The markdown table of one experiment's results.json."""
     if name == "multiscale":
@@ -374,16 +387,7 @@ def table(name: str, res: dict) -> str:
         for arm, r in res["arms"].items():
             p = res["dice_leaves_paired_vs_det"].get(arm)
             vs = "—" if p is None else f"{_pct(p['mean'])} ({p['wins']}/{p['n']} ahead)"
-            cells = [
-                arm,
-                str(r["denoiser_evals_per_window"]),
-                _pct(r["dice_leaves"]),
-                _num(r["hd95_leaves"], 2),
-                _num(r["ece"]),
-                _num(r["auroc_entropy_error"]),
-                vs,
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_arm_row([arm], r, [vs]))
         return "\n".join(lines)
     if name == "recipe":
         lines = [
@@ -393,17 +397,7 @@ def table(name: str, res: dict) -> str:
         ]
         for seed, runs in res["seeds"].items():
             for arm, r in runs["arms"].items():
-                cells = [
-                    seed,
-                    arm,
-                    str(r["denoiser_evals_per_window"]),
-                    _pct(r["dice_leaves"]),
-                    _num(r["hd95_leaves"], 2),
-                    _num(r["ece"]),
-                    _num(r["auroc_entropy_error"]),
-                    _num(r["median_seconds_per_case"], 1),
-                ]
-                lines.append("| " + " | ".join(cells) + " |")
+                lines.append(_arm_row([seed, arm], r, [_num(r["median_seconds_per_case"], 1)]))
         lines.append("")
         for seed, runs in res["seeds"].items():
             p = runs["dice_leaves_paired"]
