@@ -3,8 +3,8 @@
 A workload fixes the U-Net and the input; `measure` jit-compiles the forward pass (one
 denoiser evaluation) and an AdamW train step on the diffusion loss, reads their FLOPs from
 XLA's cost analysis, times them over repeats (median, after a warm-up run) and reports the
-achieved GFLOP/s. W1 is the reference workload of DESIGN.md §5 (the PyTorch peers in
-shared/peers run the same shape).
+achieved GFLOP/s. W1 is the project's reference workload (experiments/2026-11-26_w1_unet,
+experiments/2026-11-26_w1_onednn).
 """
 
 from __future__ import annotations

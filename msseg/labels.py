@@ -503,7 +503,7 @@ def flat_protocol(name: str, labels: Mapping[int | str, str]) -> Protocol:
 
 
 # ---------------------------------------------------------------------------------------
-# mni-tissue: the embedded MNI152 set (DESIGN.md §3). Ids equal raw codes.
+# mni-tissue: the embedded MNI152 set (msseg.data.mni152.tissue_labels). Ids equal raw codes.
 
 # fmt: off
 _MNI_TREE = (

@@ -36,7 +36,7 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _rule(t1, gm, wm, affine) -> np.ndarray:
-    """DESIGN.md §3 in exact integer arithmetic (everything scaled by 255)."""
+    """The mni-tissue rule in exact integer arithmetic (everything scaled by 255)."""
     brain = t1 * 5 > 255  # T1 / 255 > 0.2
     csf = np.clip(255 - gm - wm, 0, 255)  # 255 * clip(1 - p_gm - p_wm, 0, 1)
     p = np.stack([csf, gm, wm])
@@ -76,7 +76,7 @@ def test_template_labels_follow_the_rule_exactly(rule, template_labels):
     reference, _ = rule
     assert template_labels.dtype == np.uint8
     differ = int(np.count_nonzero(reference != template_labels))
-    assert differ == 0, f"{differ} voxels differ from DESIGN.md §3"
+    assert differ == 0, f"{differ} voxels differ from the mni-tissue rule"
 
 
 def test_template_labels_follow_the_rule_away_from_ties(rule, template_labels):

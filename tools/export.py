@@ -1,4 +1,4 @@
-"""Export a training run's checkpoint as a self-contained model directory (DESIGN.md §4).
+"""Export a training run's checkpoint as a self-contained model directory (msseg/export/format.py).
 
 python tools/export.py --workdir=W --output=MODEL [--step=latest|best|N]
 """

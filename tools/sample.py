@@ -1,4 +1,4 @@
-"""Segment T1 NIfTI files with an exported model directory (DESIGN.md §4).
+"""Segment T1 NIfTI files with an exported model directory (msseg/export/format.py).
 
   python tools/sample.py --model=MODEL --input=FILE|DIR|GLOB --output=OUT
       [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]

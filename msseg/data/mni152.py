@@ -2,7 +2,7 @@
 
 The template files are the ones the installed nilearn package ships (T1 and the GM/WM
 probability maps, 1 mm, uint8); they are located on disk and read with nibabel, never
-fetched. The label map follows DESIGN.md §3 exactly (`tissue_labels`). Each subject is the
+fetched. The label map follows the mni-tissue rule exactly (`tissue_labels`). Each subject is the
 template under a random rotation/scaling/translation and a smooth elastic deformation, with
 T1-like intensity changes (tissue contrast, gamma, bias field, Rician noise), written as
 real NIfTI files (int16 image, uint8 labels) plus an MSD-style dataset.json into a cache
@@ -122,7 +122,7 @@ def load_template() -> Template:
 def tissue_labels(
     t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, x_world: np.ndarray
 ) -> np.ndarray:
-    """The mni-tissue rule of DESIGN.md §3 on maps in [0, 1]. Returns uint8 values 0..6.
+    """The mni-tissue rule on maps in [0, 1]. Returns uint8 values 0..6.
 
     brain = t1 > 0.2; p_csf = clip(1 - gm - wm, 0, 1); tissue = argmax(p_csf, gm, wm) with
     ties going to the first; left where world x < 0. The maps are uint8/255 on the template,

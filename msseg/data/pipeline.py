@@ -101,9 +101,9 @@ class CaseSource:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
         arrays = self._opened.get(index)
         if arrays is None:
-            rec = self.records[index]
             root = Path(self.cache)
             with _NPY_HEADER_LOCK:
                 arrays = self._opened.get(index)  # another thread may have opened it
@@ -113,7 +113,6 @@ class CaseSource:
                         "label": np.load(root / rec["files"]["label"], mmap_mode="r"),
                         "fg": np.load(root / rec["files"]["fg"]),
                     }
-        rec = self.records[index]
         return {**arrays, "pad_value": rec["pad_value"], "case": self.index[index]}
 
     def __getstate__(self) -> dict:  # worker processes open their own

@@ -6,7 +6,7 @@ coarse depth is supervised with soft, honest targets. Depth weights default to 1
 normalised to sum to one.
 
 Targets are *label-id fractions* f [B, X, Y, Z, J] over a `LabelSpace`'s J ids (the
-protocol's leaves, tree nodes and named sets; DESIGN.md §3): one-hot of a voxel's id, pooled
+protocol's leaves, tree nodes and named sets; msseg.labels): one-hot of a voxel's id, pooled
 by 2^i at coarse depths; IGNORE is an all-zero row. A voxel labelled with a node or set S
 ("grey matter, either side") is a partial label, trained by the marginals of S:
 

@@ -15,7 +15,7 @@ faster on brain-sized masks).
   surface voxels of both masks). medpy's ``assd`` instead averages the two directed means.
 - VS: ``1 - |A - B| / (A + B)`` with A, B the mask volumes.
 
-Empty-mask policy (DESIGN.md §4): both masks empty → Dice 1, VS 1, distances 0; exactly
+Empty-mask policy: both masks empty → Dice 1, VS 1, distances 0; exactly
 one empty → Dice 0, VS 0, distances = the image diagonal in mm
 (``sqrt(sum((shape * spacing) ** 2))``).
 """
@@ -30,7 +30,7 @@ from scipy import ndimage, spatial
 
 HD95_MODES: tuple[str, ...] = ("pooled", "max")
 
-# Empty-mask policy (DESIGN.md §4); with one mask empty the distances are `diagonal_mm`.
+# Empty-mask policy (module docstring); with one mask empty the distances are `diagonal_mm`.
 BOTH_EMPTY_DICE: float = 1.0
 BOTH_EMPTY_VS: float = 1.0
 BOTH_EMPTY_DISTANCE_MM: float = 0.0

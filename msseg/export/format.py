@@ -1,6 +1,6 @@
 """The model directory format: file names, params as .npz, checksums, version checks.
 
-A model directory (DESIGN.md §4) holds
+A model directory holds
 
 - `sampler.jaxexport`: the sampling chain of the model entered at depth 0, exported with
   jax.export (portable XLA only, symbolic batch, for cpu and cuda). Diffusion models:

@@ -1,9 +1,9 @@
 """3D convolution implementations behind one function: XLA's, depth-sliced 2D, or oneDNN.
 
 XLA:CPU runs 3D convolutions at ~25-35 GFLOP/s on the 2-core development machine while its
-2D path is much faster (shared/DESIGN.md §5), so `slices2d` writes a k x k x k convolution
-as the sum over kernel depth of k x k 2D convolutions of depth-shifted slices (batch and
-depth folded together). Both give XLA's result within float tolerance, with the same
+2D path is much faster (experiments/2026-11-26_w1_unet), so `slices2d` writes a k x k x k
+convolution as the sum over kernel depth of k x k 2D convolutions of depth-shifted slices
+(batch and depth folded together). Both give XLA's result within float tolerance, with the same
 parameters, padding ("SAME", as lax computes it) and strides; gradients follow from JAX.
 
 `onednn` calls oneDNN's 3D convolutions through an XLA FFI custom call (msseg.models.onednn,

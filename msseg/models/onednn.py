@@ -1,7 +1,8 @@
 """oneDNN 3D convolutions on CPU, called from XLA through the FFI (csrc/onednn_conv.cc).
 
 XLA:CPU runs 3D convolutions at ~25-30 GFLOP/s on the development machine; oneDNN reaches
-~330 GFLOP/s in float32 and far more in bfloat16 where the CPU has AMX (shared/DESIGN.md §5).
+~330 GFLOP/s in float32 and far more in bfloat16 where the CPU has AMX
+(experiments/2026-11-26_w1_onednn).
 The native library holds three XLA FFI handlers (forward, backward-data, backward-weights)
 for [B, X, Y, Z, C] activations and [k, k, k, C, F] kernels, SAME padding as lax computes it
 (asymmetric for stride 2), float32 or bfloat16 (f32 accumulation, result dtype = input dtype;

@@ -32,6 +32,14 @@ def _levels(r: dict) -> list[str]:
     return sorted(r["dice"], key=int)
 
 
+def _calibration(arms: dict) -> dict[str, list[float]]:
+    """ECE and entropy AUROC x 100 of each arm's evaluation (bar series)."""
+    return {
+        "ECE x 100": [100 * (r["ece"] or 0) for r in arms.values()],
+        "entropy AUROC x 100": [100 * (r["auroc_entropy_error"] or 0) for r in arms.values()],
+    }
+
+
 def plot(name: str, res: dict, folder: Path) -> list[str]:
     """Writes the experiment's PNG into `folder`; returns the file names."""
     fig = Figure(figsize=(11, 4))
@@ -84,10 +92,7 @@ def plot(name: str, res: dict, folder: Path) -> list[str]:
         axes[0].set_ylabel("accuracy")
         axes[0].set_title("Reliability (foreground region)")
         axes[0].legend(fontsize=8)
-        vals = {
-            "ECE x 100": [100 * (r["ece"] or 0) for r in arms.values()],
-            "entropy AUROC x 100": [100 * (r["auroc_entropy_error"] or 0) for r in arms.values()],
-        }
+        vals = _calibration(arms)
         if name == "recipe":
             vals["Dice leaves x 100"] = [100 * r["dice_leaves"] for r in arms.values()]
         _bars(axes[1], list(arms), vals, "x 100")
@@ -97,11 +102,7 @@ def plot(name: str, res: dict, folder: Path) -> list[str]:
         axes[0].barh(list(arms), [100 * r["dice_leaves"] for r in arms.values()])
         axes[0].set_xlabel("Dice x 100 (leaves)")
         axes[0].set_title(f"Leaf Dice after {res['steps']} steps")
-        vals = {
-            "ECE x 100": [100 * (r["ece"] or 0) for r in arms.values()],
-            "entropy AUROC x 100": [100 * (r["auroc_entropy_error"] or 0) for r in arms.values()],
-        }
-        _bars(axes[1], list(arms), vals, "x 100")
+        _bars(axes[1], list(arms), _calibration(arms), "x 100")
         axes[1].set_title("Calibration and error detection")
     else:
         rows = res["settings"]

@@ -10,7 +10,7 @@ question needs it:
   the same parameters and steps as a single-output U-Net;
 - `det_mixed`: as `ms_mixed`, trained as a deterministic segmenter (no diffusion).
 
-The `recipe` experiment (not in the default set: about 2 CPU hours on 2 cores) trains the
+The `recipe` experiment (not in the default set: about 1.5 CPU hours on 2 cores) trains the
 config's diffusion recipe and the same U-Net as a deterministic segmenter with the same
 cross-entropy + Dice loss, at two seeds each: `recipe_diff_s<seed>` and `recipe_det_s<seed>`.
 The `screen` experiment (opt-in, about 1.5 CPU hours) trains one seed of each recipe change
@@ -44,8 +44,9 @@ DEFAULT_EXPERIMENTS = EXPERIMENTS[:4]  # recipe, screen: opt-in (their own CPU b
 _ALL_T = "--config.diffusion.train_timesteps=all"
 _NO_REC = "--config.diffusion.recycle_prob=0.0"
 _DDIM10 = "--config.sampler.steps=10"
+DETERMINISTIC = ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"]
 SCREEN = {
-    "det": ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"],
+    "det": DETERMINISTIC,
     "x0": [
         "--config.diffusion.target=x0",
         "--config.diffusion.mse_weight=1.0",
@@ -170,7 +171,6 @@ def arms(s: Settings) -> dict[str, list[str]]:
         "--config.train.val_depths=(0,)",
     ]
     single = [1.0] + [0.0] * (s.num_depths - 1)
-    deterministic = ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"]
     # the recipe arms share one preprocessed cache (the others each build <workdir>/cache)
     cache = f"--config.data.cache={s.out / 'cache'}"
     recipe = {}
@@ -180,7 +180,7 @@ def arms(s: Settings) -> dict[str, list[str]]:
     if "recipe" in s.experiments:
         for seed in s.recipe_seeds:
             recipe[f"recipe_diff_s{seed}"] = [*s.base_flags(seed), cache]
-            recipe[f"recipe_det_s{seed}"] = [*s.base_flags(seed), cache, *deterministic]
+            recipe[f"recipe_det_s{seed}"] = [*s.base_flags(seed), cache, *DETERMINISTIC]
     return {
         "ms_mixed": [*s.base_flags(), *mixed],
         "ms_full": [*s.base_flags(), *full],
@@ -188,7 +188,7 @@ def arms(s: Settings) -> dict[str, list[str]]:
         "det_mixed": [
             *s.base_flags(),
             *mixed,
-            *deterministic,
+            *DETERMINISTIC,
         ],
         **recipe,
     }
