@@ -5,8 +5,8 @@ The surface of a mask is its voxels with at least one face (6-connected) neighbo
 the mask; the volume border counts as outside. Surface distances are Euclidean, in mm, from
 each surface voxel of one mask to the nearest surface voxel of the other (a k-d tree query
 over the voxel centres in mm, ``scipy.spatial.cKDTree``: the values of
-``scipy.ndimage.distance_transform_edt(~surface, sampling=spacing)`` at those voxels, 2-4x
-faster on brain-sized masks).
+``scipy.ndimage.distance_transform_edt(~surface, sampling=spacing)`` at those voxels,
+without a transform of the whole box).
 
 - HD95 ``"pooled"`` (default, as medpy's ``hd95``): the 95th percentile (``np.percentile``,
   linear interpolation) of the pooled distances pred→ref and ref→pred.
