@@ -10,6 +10,15 @@
 // picks every format). Inputs and results are f32 or bf16; inputs of one call share a dtype,
 // accumulation is f32, and the backward-weights result may be f32 for bf16 inputs.
 //
+// oneDNN 3.2's bf16 backward-weights kernel (jit_bf16:avx512_core_bf16) is wrong for inputs
+// thinner than the kernel on some axis at stride 2: it reads scratchpad bytes it never wrote
+// (so the kernel gradient held whatever the previous convolution left there: intermittent
+// ~1e18 values) and, for inputs one voxel high between odd-sized axes, it misplaces taps (a
+// deterministic wrong result). Such thin inputs take oneDNN's gemm implementation instead
+// (ThinInput). Poison mode (MssegOnednnSetPoison) fills every result, reorder buffer and
+// scratchpad with 0x7F bytes before each call, so a read of memory oneDNN did not write, or
+// an output it did not write, shows up as ~3.4e38 every time instead of now and then.
+//
 // Primitives are built once per (kind, shapes, dtypes, stride, padding, layout) and kept in a
 // process-wide cache behind a mutex. Each call passes its own thread-local scratchpad (and
 // reorder buffers), so primitives could execute concurrently; calls are nevertheless
@@ -18,12 +27,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -41,6 +52,7 @@ MSSEG_EXPORT XLA_FFI_Error* MssegOnednnConvBwdWeights(XLA_FFI_CallFrame* call_fr
 MSSEG_EXPORT int64_t MssegOnednnVersion();
 MSSEG_EXPORT int64_t MssegOnednnCacheSize();
 MSSEG_EXPORT int64_t MssegOnednnSupports(int64_t bf16);
+MSSEG_EXPORT void MssegOnednnSetPoison(int64_t on);
 
 namespace {
 
@@ -203,6 +215,16 @@ void SetSlot(Slot* s, int arg, bool output, const memory::desc& user, const memo
   }
 }
 
+bool Contains(const char* text, const char* part) {
+  return text != nullptr && std::strstr(text, part) != nullptr;
+}
+
+// An input thinner than the kernel on some axis (the shapes oneDNN's jit bf16
+// backward-weights gets wrong; see the top of this file).
+bool ThinInput(const Geometry& g) {
+  return std::any_of(g.in.begin(), g.in.end(), [&](int64_t n) { return n < g.k; });
+}
+
 std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
   auto& eng = Engine();
   const memory::dims src_dims = {g.batch, g.c, g.in[0], g.in[1], g.in[2]};
@@ -255,6 +277,16 @@ std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
     } else {
       dnnl::convolution_backward_weights::primitive_desc pd(eng, algo, src_md, wei_md, dst_md,
                                                             strides, pad_l, pad_r, hint, attr);
+      if (g.dtype == Dt::bf16 && ThinInput(g)) {
+        auto gemm = pd;
+        while (!Contains(gemm.impl_info_str(), "gemm") && gemm.next_impl()) {
+        }
+        if (!Contains(gemm.impl_info_str(), "gemm")) {
+          throw std::runtime_error("no gemm bf16 backward-weights implementation for an input "
+                                   "thinner than the kernel (oneDNN's jit one is wrong there)");
+        }
+        pd = gemm;
+      }
       SetSlot(&entry->slots[0], DNNL_ARG_SRC, false, src_user, pd.src_desc());
       SetSlot(&entry->slots[1], DNNL_ARG_DIFF_DST, false, dst_user, pd.diff_dst_desc());
       SetSlot(&entry->slots[2], DNNL_ARG_DIFF_WEIGHTS, true, wei_user, pd.diff_weights_desc());
@@ -286,6 +318,12 @@ std::shared_ptr<const Entry> Lookup(Kind kind, const Geometry& g) {
 // 0.57 s to 0.36 s.
 std::mutex exec_mutex;
 
+std::atomic<bool> poison{false};
+
+void Poison(void* data, size_t bytes) {
+  if (poison.load(std::memory_order_relaxed)) std::memset(data, 0x7F, bytes);
+}
+
 memory Bytes(size_t bytes, void* data) {
   return memory(memory::desc({static_cast<memory::dim>(bytes)}, Dt::u8, Tag::x), Engine(), data);
 }
@@ -293,8 +331,9 @@ memory Bytes(size_t bytes, void* data) {
 void RunReorder(const Slot& s, dnnl::stream& stream, const memory& from, const memory& to) {
   std::unordered_map<int, memory> args = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
   if (s.reorder_scratchpad_bytes > 0) {
-    args.emplace(DNNL_ARG_SCRATCHPAD,
-                 Bytes(s.reorder_scratchpad_bytes, arena.Get(4, s.reorder_scratchpad_bytes)));
+    void* scratchpad = arena.Get(4, s.reorder_scratchpad_bytes);
+    Poison(scratchpad, s.reorder_scratchpad_bytes);
+    args.emplace(DNNL_ARG_SCRATCHPAD, Bytes(s.reorder_scratchpad_bytes, scratchpad));
   }
   s.reorder.execute(stream, args);
 }
@@ -314,10 +353,16 @@ void Execute(const Entry& e, std::array<void*, 3> data) {
     } else {
       prim[i] = user[i];
     }
+    if (s.output) {
+      Poison(data[i], s.user.get_size());
+      if (s.reordered) Poison(prim[i].get_data_handle(), s.prim.get_size());
+    }
     args.emplace(s.arg, prim[i]);
   }
   if (e.scratchpad_bytes > 0) {
-    args.emplace(DNNL_ARG_SCRATCHPAD, Bytes(e.scratchpad_bytes, arena.Get(3, e.scratchpad_bytes)));
+    void* scratchpad = arena.Get(3, e.scratchpad_bytes);
+    Poison(scratchpad, e.scratchpad_bytes);
+    args.emplace(DNNL_ARG_SCRATCHPAD, Bytes(e.scratchpad_bytes, scratchpad));
   }
   e.primitive.execute(stream, args);
   const Slot& out = e.slots[2];
@@ -433,3 +478,6 @@ int64_t MssegOnednnSupports(int64_t bf16) {
   }
   return 1;
 }
+
+// Poison mode on (1) or off (0), for the tests and tools/stress_onednn.py (see the top).
+void MssegOnednnSetPoison(int64_t on) { poison.store(on != 0); }

@@ -93,6 +93,7 @@ def _load() -> tuple[bool, str, ctypes.CDLL | None]:
         lib.MssegOnednnCacheSize.restype = ctypes.c_int64
         lib.MssegOnednnSupports.restype = ctypes.c_int64
         lib.MssegOnednnSupports.argtypes = [ctypes.c_int64]
+        lib.MssegOnednnSetPoison.argtypes = [ctypes.c_int64]
         v = lib.MssegOnednnVersion()
     except (OSError, AttributeError) as e:
         return False, f"cannot load {os.path.basename(ext)}: {e}", None
@@ -123,6 +124,18 @@ def cache_size() -> int:
     """Number of oneDNN primitives built so far (one per shape, dtype, stride and kind)."""
     lib = _status()[2]
     return int(lib.MssegOnednnCacheSize()) if lib is not None else 0
+
+
+def set_poison(on: bool) -> None:
+    """Poison mode: before every call the library fills its results, reorder buffers and
+    scratchpads with 0x7F bytes (~3.4e38 as float32 or bfloat16), so an output oneDNN does not
+    write, or a read of scratchpad memory it did not write first, gives huge values on every
+    call instead of intermittently. For tests (tests/test_onednn.py) and
+    tools/stress_onednn.py; it costs a memset per buffer."""
+    lib = _status()[2]
+    if lib is None:
+        raise RuntimeError(f"the oneDNN convolution is unavailable: {reason()}")
+    lib.MssegOnednnSetPoison(int(bool(on)))
 
 
 @functools.cache
@@ -313,35 +326,11 @@ def _conv_fwd(x, w, stride):
     return _conv(x, w, stride), (x, w)
 
 
-def _xla_weight_grad(x, w, g, stride):
-    """The kernel gradient of lax's SAME convolution (the same result as oneDNN's, where
-    oneDNN's is right)."""
-
-    def conv(kernel):
-        return jax.lax.conv_general_dilated(
-            x, kernel, (stride,) * 3, "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
-        )
-
-    return jax.vjp(conv, w)[1](g)[0]
-
-
-def _degenerate(x, w, stride: int) -> bool:
-    """A strided bf16 convolution over a volume thinner than the kernel on some axis: oneDNN
-    3.x's bf16 backward-weights returns garbage there (intermittently, ~1e20 on kernel taps
-    that only meet padding, seen for 1x1x1 and 1x2x1 volumes at stride 2), so its kernel
-    gradient comes from XLA. Training patches never get there (48^3 patches are 6^3 at the
-    deepest depth)."""
-    return stride > 1 and x.dtype == jnp.bfloat16 and min(x.shape[1:4]) < w.shape[0]
-
-
 def _conv_bwd(stride, res, g):
     x, w = res
     g = g.astype(x.dtype)
     dx = _op("bwd_data", g, w, tuple(x.shape[1:4]), stride)
-    if _degenerate(x, w, stride):
-        dw = _xla_weight_grad(x, w, g, stride).astype(w.dtype)
-    else:
-        dw = _op("bwd_weights", x, g, w.shape[0], stride).astype(w.dtype)
+    dw = _op("bwd_weights", x, g, w.shape[0], stride).astype(w.dtype)
     return _like(dx, x), _like(dw, w)
 
 
