@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -531,10 +532,22 @@ def test_bad_cases_are_listed_after_the_good_ones_are_written(tmp_path):
     text = str(e.value)
     by_id = {c.case_id: c for c in dataset.cases}
     assert by_id["bad_nan"].image in text and by_id["bad_value"].label in text
-    manifest = preprocess.load_manifest(out)
-    assert set(manifest["cases"]) == set(CASES)
-    for rec in manifest["cases"].values():
+    # no manifest.json: the cache is not complete; the good cases' records wait in PARTIAL
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="no preprocessed cache"):
+        preprocess.load_manifest(out)
+    partial = json.loads((out / preprocess.PARTIAL).read_text())
+    assert set(partial["cases"]) == set(CASES)
+    for rec in partial["cases"].values():
         assert all((out / f).is_file() for f in rec["files"].values())
+    # without the bad cases, the next run redoes nothing and writes the manifest
+    good = dataclasses.replace(
+        dataset, cases=tuple(c for c in dataset.cases if not c.case_id.startswith("bad"))
+    )
+    stamps = _npy_mtimes(out)
+    manifest = preprocess.preprocess_dataset(good, out, CFG, workers=1)
+    assert manifest["cases"] == partial["cases"] and _npy_mtimes(out) == stamps
+    assert not (out / preprocess.PARTIAL).exists()
 
 
 # --------------------------------------------------------------------------- the binary
@@ -584,4 +597,4 @@ def test_tool_reports_a_bad_dataset_without_traceback(tmp_path):
     assert run.returncode != 0
     assert str((root / "labelsTr" / "las.nii.gz").resolve()) in run.stderr
     assert "Traceback" not in run.stderr
-    assert run.stderr.strip().startswith("preprocess:")
+    assert run.stderr.strip().startswith("preprocess.py:")

@@ -167,6 +167,9 @@ def test_resume_equals_a_straight_run_and_nan_stops_cleanly(tiny_mni_cache, tmp_
     a = train(tiny_config(tiny_mni_cache, steps=4, checkpoint_every=0), straight)
     train(tiny_config(tiny_mni_cache, steps=2, checkpoint_every=0), resumed)
     assert _params(resumed)[2] == 2
+    # rows a killed run logged after its last checkpoint: the resumed run drops them
+    with (resumed / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 3, "loss": 999.0}) + "\n" + '{"step": 4, "lo')
     b = train(tiny_config(tiny_mni_cache, steps=4, checkpoint_every=0), resumed)
     pa, ea, na = _params(straight)
     pb, eb, nb = _params(resumed)
@@ -175,6 +178,9 @@ def test_resume_equals_a_straight_run_and_nan_stops_cleanly(tiny_mni_cache, tmp_
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
     la, lb = _losses(straight), _losses(resumed)
     assert [la[s] for s in (3, 4)] == [lb[s] for s in (3, 4)]  # same data and noise after resume
+    rows = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "loss" in r]
+    assert train_steps == [1, 2, 3, 4]  # each step once, in order
     assert a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
     assert (straight / "config.json").is_file() and (straight / "curves.png").is_file()
     assert {"val/depth0/level0", "val/depth0/Brain", "val_dice"} <= set(a)
@@ -186,6 +192,27 @@ def test_resume_equals_a_straight_run_and_nan_stops_cleanly(tiny_mni_cache, tmp_
     params, _, n = _params(broken)
     assert 1 <= n < 6
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_a_resumed_metrics_log_keeps_each_step_once(tmp_path):
+    """Resumed at the checkpoint of step 2, the log drops the rows a killed run wrote after
+    it (and a row the kill cut off), so the steps it logs again appear once."""
+    from msseg.train.metrics import MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)] + [{"step": 2, "val_dice": 0.5}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "lo')
+    log = MetricsLog(tmp_path, total_steps=6, start_step=2)
+    kept = [json.loads(x) for x in path.read_text().splitlines()]
+    assert kept == [rows[0], rows[1], rows[4]]
+    for s in (3, 4, 5, 6):
+        log.write(s, {"loss": 0.25})
+    steps = [json.loads(x)["step"] for x in path.read_text().splitlines()]
+    assert steps == [1, 2, 2, 3, 4, 5, 6]  # step 2: its training row and its validation row
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 2, 3, 4, 5, 6]
+    assert not [p for p in tmp_path.iterdir() if p.name != "metrics.jsonl"]  # no temp files
+    MetricsLog(tmp_path, total_steps=6, start_step=0)  # a fresh run starts the file anew
+    assert not path.exists()
 
 
 def test_train_binary_says_what_is_wrong_with_a_bad_override(tmp_path):

@@ -12,6 +12,8 @@ cases, then prints mean Dice per label and level. With --model, the split's case
 segmented first (as sample.py does; outputs under REPORT/samples/).
 """
 
+import sys
+
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -68,11 +70,15 @@ flags.mark_flag_as_required("output")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.model is not None or FLAGS.data is not None:
-        return _model_mode()
+    model_mode = FLAGS.model is not None or FLAGS.data is not None
+    if model_mode and (FLAGS.model is None or FLAGS.data is None):
+        raise app.UsageError("--model and --data go together")
     missing = [f"--{n}" for n in ("pred", "ref", "labels") if getattr(FLAGS, n) is None]
-    if missing:
+    if missing and not model_mode:
         raise app.UsageError(f"{', '.join(missing)} required (with --pred/--ref mode)")
+    _make_output_dir()  # before loading anything: a report that cannot be written costs nothing
+    if model_mode:
+        return _model_mode()
     from msseg.errors import InputError  # noqa: PLC0415
     from msseg.evaluation import folders, report  # noqa: PLC0415
 
@@ -88,14 +94,22 @@ def main(argv):
             worst=FLAGS.worst,
         )
     except InputError as e:
-        raise SystemExit(f"evaluate: {e}") from None
+        sys.exit(f"evaluate.py: {e}")
     print(report.format_dice_table(result.summary))
     print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")
 
 
+def _make_output_dir() -> None:
+    from msseg.data.preprocess import make_output_dir  # noqa: PLC0415
+    from msseg.errors import InputError  # noqa: PLC0415
+
+    try:
+        make_output_dir(FLAGS.output)
+    except InputError as e:
+        sys.exit(f"evaluate.py: {e}")
+
+
 def _model_mode():
-    if FLAGS.model is None or FLAGS.data is None:
-        raise app.UsageError("--model and --data go together")
     from msseg.errors import InputError  # noqa: PLC0415
     from msseg.evaluation import report  # noqa: PLC0415
     from msseg.inference import evaluate, predict  # noqa: PLC0415
@@ -127,7 +141,7 @@ def _model_mode():
             max_cases=FLAGS.max_cases,
         )
     except (InputError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"evaluate: {e}") from None
+        sys.exit(f"evaluate.py: {e}")
     print(report.format_dice_table(result.summary))
     _print_calibration(result.summary["calibration"])
     print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")

@@ -1,9 +1,9 @@
 """Preprocess dataset SPECs (folders or `mni152`, comma-separated) into one cache for training."""
 
-from absl import app, flags
+import math
+import sys
 
-from msseg.data import preprocess
-from msseg.errors import InputError
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -38,14 +38,31 @@ flags.DEFINE_float("margin_mm", 10.0, "Margin kept around the head box when crop
 flags.mark_flags_as_required(["data", "output"])
 
 
-def main(argv):
-    del argv
-    spacing = None
-    if FLAGS.spacing:
+def _spacing() -> tuple[float, float, float] | None:
+    """--spacing as three sizes in mm; exits with one line if it cannot be one."""
+    if not FLAGS.spacing:
+        return None
+    text = ",".join(FLAGS.spacing)
+    try:
         values = [float(s) for s in FLAGS.spacing]
-        if len(values) not in (1, 3):
-            raise app.UsageError("--spacing takes one value or three")
-        spacing = tuple(values * 3 if len(values) == 1 else values)
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3) or not all(math.isfinite(v) and v > 0 for v in values):
+        sys.exit(
+            f"preprocess.py: --spacing={text}: expected one or three finite voxel sizes > 0 (mm)"
+        )
+    return tuple(values * 3 if len(values) == 1 else values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    spacing = _spacing()  # flag checks first, before the imports and any file is touched
+    if not (math.isfinite(FLAGS.margin_mm) and FLAGS.margin_mm >= 0):
+        sys.exit(f"preprocess.py: --margin_mm={FLAGS.margin_mm}: expected a finite size >= 0 (mm)")
+    from msseg.data import preprocess  # noqa: PLC0415
+    from msseg.errors import InputError  # noqa: PLC0415
+
     try:
         manifest = preprocess.run(
             FLAGS.data,
@@ -57,8 +74,8 @@ def main(argv):
             val_fraction=FLAGS.val_fraction,
             margin_mm=FLAGS.margin_mm,
         )
-    except InputError as e:
-        raise SystemExit(f"preprocess: {e}") from None
+    except (InputError, ValueError) as e:  # InputError: a file; ValueError: a setting
+        sys.exit(f"preprocess.py: {e}")
     print(preprocess.summarize(manifest))
 
 

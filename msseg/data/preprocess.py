@@ -11,6 +11,10 @@ comes from and the ids it declares, and sha256 checksums; a rerun skips every ca
 sources, settings, label table and files are unchanged. Several datasets (a comma-separated
 SPEC) share one cache and one manifest.
 
+manifest.json is written once, atomically, when every case is done: a cache with a manifest
+is complete. While a run is under way (and after one that failed or was stopped) the records
+of the cases done so far are in manifest.partial.json, which the next run picks up.
+
 `prepare_image` is the image half of this, shared with inference, so a scan is seen by the
 model exactly as the training cases were.
 """
@@ -39,6 +43,31 @@ from msseg.errors import InputError
 FORMAT_VERSION = 1
 
 
+PARTIAL = "manifest.partial.json"  # the records of an unfinished run
+
+
+def check_spacing(spacing) -> tuple[float, float, float]:
+    """Three finite voxel sizes > 0 (mm) as floats; ValueError otherwise."""
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing must be three numbers (mm), got {spacing!r}") from None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be three finite sizes > 0 (mm), got {spacing!r}")
+    return values
+
+
+def make_output_dir(path: str | os.PathLike) -> Path:
+    """Creates the folder `path` (and its parents); InputError naming it if that fails."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(path, f"cannot create the output folder: {e.strerror or e}") from None
+    if not os.path.isdir(path):
+        raise InputError(path, "cannot create the output folder: a file is in the way")
+    return Path(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)  # mm
@@ -46,6 +75,11 @@ class PreprocessConfig:
     clip_percentiles: tuple[float, float] = (0.5, 99.5)  # inside the head
     label_resample: str = "onehot"  # "onehot" (linear on one-hot, argmax) or "nearest"
     max_indices: int = 10_000  # voxel positions kept per label id for patch sampling
+
+    def __post_init__(self):
+        check_spacing(self.spacing)
+        if not (np.isfinite(self.margin_mm) and self.margin_mm >= 0):
+            raise ValueError(f"margin_mm must be a finite number >= 0, got {self.margin_mm}")
 
     def key(self, protocol: labels_lib.Protocol) -> str:
         blob = json.dumps(
@@ -227,10 +261,20 @@ def _is_current(record: dict | None, case: Case, out: Path, key: str) -> bool:
         return False
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    tmp = out / f"manifest.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+def _write_manifest(path: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=1)
+    io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _old_records(out: Path) -> dict:
+    """Case records of the last run: manifest.json's, updated by an unfinished run's."""
+    records = {}
+    for name in ("manifest.json", PARTIAL):
+        try:
+            records.update(json.loads((out / name).read_text()).get("cases", {}))
+        except (OSError, ValueError, AttributeError):
+            pass
+    return records
 
 
 def load_manifest(out: str | os.PathLike) -> dict:
@@ -251,13 +295,10 @@ def preprocess_dataset(
     A combined dataset (several SPECs) gives one manifest; "dataset" and "root" hold the
     comma-joined names and roots, and each case record its own "dataset".
     """
-    out = Path(output)
-    (out / "cases").mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(output)
+    make_output_dir(out / "cases")
     key = cfg.key(dataset.protocol)
-    try:
-        old = load_manifest(out).get("cases", {})
-    except (FileNotFoundError, ValueError):
-        old = {}
+    old = _old_records(out)
     manifest = {
         "version": FORMAT_VERSION,
         "dataset": dataset.name,
@@ -277,7 +318,11 @@ def preprocess_dataset(
     logging.info(
         "preprocess: %d cases current, %d to do -> %s", len(manifest["cases"]), len(todo), out
     )
-    _write_manifest(out, manifest)
+    if todo:
+        # Cases are about to be rewritten: until all are done, the cache has no manifest.json
+        # (a stale or partial one would pass for a complete cache); progress goes to PARTIAL.
+        _write_manifest(out / PARTIAL, manifest)
+        (out / "manifest.json").unlink(missing_ok=True)
     start, failures = time.time(), []
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     ctx = multiprocessing.get_context("spawn")
@@ -293,7 +338,7 @@ def preprocess_dataset(
                 continue
             record["key"] = case_key(key, case)
             manifest["cases"][case.case_id] = record
-            _write_manifest(out, manifest)
+            _write_manifest(out / PARTIAL, manifest)
             eta = (time.time() - start) / n * (len(todo) - n)
             logging.info(
                 "preprocess: [%d/%d] %s %s (eta %.0f s)",
@@ -305,11 +350,15 @@ def preprocess_dataset(
             )
     if failures:
         raise InputError(
-            None, f"{len(failures)} case(s) failed to preprocess:\n  " + "\n  ".join(failures)
+            None,
+            f"{len(failures)} case(s) failed to preprocess (no manifest.json written; the "
+            f"{len(manifest['cases'])} good ones are kept for the next run):\n  "
+            + "\n  ".join(failures),
         )
     order = {c.case_id: i for i, c in enumerate(dataset.cases)}
     manifest["cases"] = dict(sorted(manifest["cases"].items(), key=lambda kv: order[kv[0]]))
-    _write_manifest(out, manifest)
+    _write_manifest(out / "manifest.json", manifest)
+    (out / PARTIAL).unlink(missing_ok=True)
     return load_manifest(out)
 
 
@@ -376,9 +425,12 @@ def run(
     spacing: target voxel size in mm; default 2 mm when every SPEC is `mni152`, else the
       median over all datasets' labelled images.
     """
+    if spacing is not None:  # settings and the output folder first: before any dataset work
+        PreprocessConfig(spacing=check_spacing(spacing), margin_mm=margin_mm)
+    make_output_dir(output)
     dataset = datasets.resolve(spec, protocol=protocol, val_fraction=val_fraction, cache=cache)
     if spacing is None:
         every_mni = all(s == "mni152" for s in datasets.split_spec(spec))
         spacing = (2.0, 2.0, 2.0) if every_mni else median_spacing(dataset)
-    cfg = PreprocessConfig(spacing=tuple(float(s) for s in spacing), margin_mm=margin_mm)
+    cfg = PreprocessConfig(spacing=check_spacing(spacing), margin_mm=margin_mm)
     return preprocess_dataset(dataset, output, cfg, workers)

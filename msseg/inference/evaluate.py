@@ -13,13 +13,12 @@ import dataclasses
 import os
 import statistics
 import time
-from pathlib import Path
 
 import jax
 from absl import logging
 
 from msseg import io
-from msseg.data import datasets
+from msseg.data import datasets, preprocess
 from msseg.errors import InputError
 from msseg.evaluation import calibration, plots, report
 from msseg.inference import model as model_lib
@@ -39,6 +38,7 @@ def evaluate_model(
     max_cases: int = 0,
 ) -> report.Report:
     """Segments the labelled cases of `split` in dataset `data` and writes the report."""
+    out = preprocess.make_output_dir(output)  # before any work: InputError if it cannot be
     dataset = datasets.resolve(data)
     if dataset.protocol.name != model.protocol.name:
         raise InputError(
@@ -51,7 +51,6 @@ def evaluate_model(
         cases = cases[:max_cases]
     if not cases:
         raise InputError(data, f"no labelled cases in split {split!r}")
-    out = Path(output)
     protocol = model.protocol
     rows, previews, volume_rows = [], {}, []
     calib: dict[int, calibration.CalibrationStats] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -82,14 +83,17 @@ def ensure_cache(config: ml_collections.ConfigDict, workdir: Path) -> str:
     return cache
 
 
-def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
-    manifest = preprocess.load_manifest(cache)
-    protocol = Protocol.from_json(manifest["protocol"])
-    model_cfg = UNetConfig(num_classes=protocol.num_leaves, **_tuples(config.model.to_dict()))
+def _configs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+    """The config's sections as the dataclasses they configure (each checks its own values),
+    and the checks across sections. Needs nothing but the config and the class count."""
+    model_cfg = UNetConfig(num_classes=num_classes, **_tuples(config.model.to_dict()))
     pipe = pipeline.PipelineConfig(**_tuples(config.data.pipeline.to_dict()))
     step_ = 2 ** (model_cfg.num_depths - 1)
     if any(p % step_ for p in pipe.patch_size):
-        raise ValueError(f"data.pipeline.patch_size {pipe.patch_size} must divide by {step_}")
+        raise ValueError(
+            f"data.pipeline.patch_size {pipe.patch_size} must divide by {step_} "
+            f"(2^(depths-1) of the {model_cfg.num_depths} model.channels)"
+        )
     d = config.diffusion.to_dict()
     sampler = seg.SamplerConfig(**config.sampler.to_dict())
     loss = losses.LossConfig(
@@ -113,13 +117,76 @@ def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
             f"train.val_depths {tcfg.val_depths} includes depths {untrained} the model is not "
             f"trained to enter at (train.entry_depths {tcfg.entry_depths})"
         )
+    return dict(model=model_cfg, schedule=s, loss=loss, sampler=sampler, train=tcfg, pipe=pipe)
+
+
+def _number(value) -> float | None:
+    """`value` as a float, or None if it is not a (real, non-bool) number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    return float(value)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses (ValueError naming the key and its value) a config that cannot train: the
+    cheap checks, made before the cache is built or the model exists."""
+
+    def need(key: str, ok, what: str) -> None:
+        value = config
+        try:
+            for part in key.split("."):
+                value = value[part]
+        except (KeyError, AttributeError):
+            return  # a config from before the key: its dataclass default applies
+        x = _number(value)
+        if x is None or not ok(x):
+            raise ValueError(f"config.{key}={value!r}: must be {what}")
+
+    finite = math.isfinite
+
+    def integer(x: float) -> bool:
+        return finite(x) and x == int(x)
+
+    need("train.steps", lambda x: integer(x) and x >= 1, "an integer >= 1")
+    need("train.lr", lambda x: finite(x) and x > 0, "a finite number > 0")
+    need("train.warmup_steps", lambda x: integer(x) and x >= 0, "an integer >= 0")
+    need("train.end_lr_factor", lambda x: finite(x) and x >= 0, "a finite number >= 0")
+    need("train.weight_decay", lambda x: finite(x) and x >= 0, "a finite number >= 0")
+    need("train.b1", lambda x: 0 <= x < 1, "in [0, 1)")
+    need("train.b2", lambda x: 0 <= x < 1, "in [0, 1)")
+    need("train.clip_norm", lambda x: x > 0, "> 0")
+    need("train.ema_decay", lambda x: 0 <= x <= 1, "in [0, 1]")
+    need("train.log_every", lambda x: integer(x) and x >= 1, "an integer >= 1")
+    for key in ("train.eval_every", "train.checkpoint_every", "train.keep_best", "train.val_cases"):
+        need(key, lambda x: integer(x) and x >= 0, "an integer >= 0")
+    need("train.val_batch", lambda x: integer(x) and x >= 1, "an integer >= 1")
+    need("train.val_overlap", lambda x: 0 <= x < 1, "in [0, 1)")
+    need("train.mesh_space", lambda x: integer(x) and x >= 1, "an integer >= 1")
+    need("train.mesh_data", lambda x: integer(x) and (x >= 1 or x == -1), "-1 (all) or >= 1")
+    need("data.pipeline.batch_size", lambda x: integer(x) and x >= 1, "an integer >= 1")
+    need("data.val_fraction", lambda x: 0 <= x <= 1, "in [0, 1]")
+    patch = tuple(config.data.pipeline.patch_size)
+    if len(patch) != 3 or any(_number(p) is None or not integer(p) or p < 1 for p in patch):
+        raise ValueError(f"config.data.pipeline.patch_size={patch!r}: must be three integers >= 1")
+    if config.data.spacing:
+        try:
+            preprocess.check_spacing(config.data.spacing)
+        except ValueError as e:
+            raise ValueError(f"config.data.spacing={tuple(config.data.spacing)!r}: {e}") from None
+    _configs(config, num_classes=1)  # every section's own checks, and those across sections
+
+
+def build_setup(config: ml_collections.ConfigDict, cache: str) -> Setup:
+    manifest = preprocess.load_manifest(cache)
+    protocol = Protocol.from_json(manifest["protocol"])
+    c = _configs(config, protocol.num_leaves)
     return Setup(
-        model=MultiscaleUNet(model_cfg),
-        schedule=s,
-        loss=loss,
-        sampler=sampler,
-        train=tcfg,
-        pipeline=pipe,
+        model=MultiscaleUNet(c["model"]),
+        schedule=c["schedule"],
+        loss=c["loss"],
+        sampler=c["sampler"],
+        train=c["train"],
+        pipeline=c["pipe"],
         protocol=protocol,
         cache=cache,
     )
@@ -223,6 +290,10 @@ def _host_mean(rows: list[dict]) -> dict:
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Runs (or resumes) training in `workdir`; returns the final metrics."""
+    check_config(config)  # first: a config that cannot train costs no preprocessing
+    tc = config.train
+    mesh = sharding.make_mesh(tc.mesh_data, tc.mesh_space)
+    sharding.check_batch(config.data.pipeline.batch_size, mesh)
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     cache = ensure_cache(config, workdir)
@@ -232,8 +303,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if is_main():
         _write_json(workdir / "config.json", config_dict)
 
-    mesh = sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_space)
-    sharding.check_batch(pcfg.batch_size, mesh)
     tx = make_optimizer(tcfg)
     init_key, step_key, val_key = jax.random.split(jax.random.key(config.seed), 3)
     init = init_fn(setup, tx)

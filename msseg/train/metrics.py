@@ -15,13 +15,20 @@ import jax
 import numpy as np
 from absl import logging
 
+from msseg.io import atomic_write
+
 
 def is_main() -> bool:
     return jax.process_index() == 0
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`."""
+    """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`.
+
+    A fresh run (start_step 0) starts the file anew; a run resumed from the checkpoint of
+    `start_step` first drops the rows past that step (logged after the checkpoint by a run
+    that was then stopped), so the rows it appends hold every step once.
+    """
 
     def __init__(self, workdir: str | os.PathLike, total_steps: int, start_step: int = 0):
         self.path = Path(workdir) / "metrics.jsonl"
@@ -29,8 +36,11 @@ class MetricsLog:
         self.start_step = start_step
         self.start = time.time()
         self.main = is_main()
-        if self.main and start_step == 0 and self.path.exists():
-            self.path.unlink()  # a fresh run; a resumed one appends (and may repeat steps)
+        if self.main and self.path.exists():
+            if start_step == 0:
+                self.path.unlink()
+            else:
+                truncate_metrics(self.path, start_step)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.main:
@@ -68,6 +78,29 @@ def _duration(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
+    """Rewrites a metrics.jsonl atomically without its rows past `last_step` (and any line
+    that is not a whole row, e.g. one cut off by a kill); returns how many lines it dropped."""
+    kept, dropped = [], 0
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+            keep = int(step) <= last_step
+        except (ValueError, TypeError, KeyError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        text = "".join(f"{line}\n" for line in kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        logging.info("%s: dropped %d rows past step %d (resumed there)", path, dropped, last_step)
+    return dropped
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
