@@ -52,3 +52,21 @@ def tiny_mni_cache(tmp_path_factory):
         dataset, out, preprocess.PreprocessConfig(spacing=(4.0, 4.0, 4.0))
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_mni_cache):
+    """(workdir, model dir, raw dataset folder) of a tiny model trained 3 steps and exported.
+    Tests copy the model directory before changing anything in it."""
+    import json
+    from pathlib import Path
+
+    from msseg.export import exporter
+    from msseg.train.loop import train
+
+    root = tmp_path_factory.mktemp("export")
+    workdir = root / "run"
+    train(tiny_export_config(tiny_mni_cache), workdir)
+    model_dir = exporter.export_model(workdir, root / "model")
+    manifest = json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())
+    return workdir, model_dir, Path(manifest["root"])

@@ -11,26 +11,11 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import tiny_export_config
 
 from msseg.errors import InputError
 from msseg.export import format as fmt
 
 ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, tiny_mni_cache):
-    """(workdir, model dir, raw dataset folder) of a tiny model trained 3 steps and exported."""
-    from msseg.export import exporter
-    from msseg.train.loop import train
-
-    root = tmp_path_factory.mktemp("export")
-    workdir = root / "run"
-    train(tiny_export_config(tiny_mni_cache), workdir)
-    model_dir = exporter.export_model(workdir, root / "model")
-    manifest = json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())
-    return workdir, model_dir, Path(manifest["root"])
 
 
 def _write_reoriented(src: Path, dst: Path, perm, flips, oblique_deg: float = 0.0):
@@ -69,7 +54,8 @@ def test_model_directory_holds_what_the_contract_names(exported):
     assert str(image.shape[0]) == str(x_t.shape[0]) == "b" and str(ts.shape[0]) == "s"
     calls = set(re.findall(r"custom_call @(\w+)", exp.mlir_module()))
     assert calls <= {"shape_assertion", "Sharding"}, calls  # portable XLA only
-    assert fmt.verify(model_dir)["format"] == fmt.FORMAT_VERSION
+    meta = fmt.verify(model_dir)
+    assert (meta["format"], meta["format_version"]) == (fmt.FORMAT, fmt.FORMAT_VERSION)
 
 
 def test_a_changed_or_missing_file_is_named(exported, tmp_path):
@@ -131,9 +117,95 @@ def test_a_failed_export_keeps_the_previous_model(tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="not a model directory"):
+    with pytest.raises(InputError, match="not an msseg model directory"):
         fmt.write_directory(other, write("x"))
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_export_replaces_only_msseg_model_directories_and_keeps_other_files(tmp_path):
+    """A folder whose metadata.json msseg did not write is never replaced; a user's file
+    inside a real model directory survives a re-export (outside the checksums)."""
+
+    def write(text):
+        def fn(tmp):
+            (tmp / "x.txt").write_text(text)
+            return {}
+
+        return fn
+
+    lookalike = tmp_path / "d"
+    lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("precious")
+    (lookalike / "metadata.json").write_text('{"author": "me"}')
+    with pytest.raises(InputError, match="not an msseg model directory"):
+        fmt.write_directory(lookalike, write("one"))
+    assert (lookalike / "notes.txt").read_text() == "precious"
+    assert (lookalike / "metadata.json").read_text() == '{"author": "me"}'
+    plain = tmp_path / "plain.txt"
+    plain.write_text("mine")
+    with pytest.raises(InputError, match="not a folder"):
+        fmt.write_directory(plain, write("one"))
+    assert plain.read_text() == "mine"
+
+    model = tmp_path / "m"
+    fmt.write_directory(model, write("one"))
+    (model / "NOTES.md").write_text("trained on site A")
+    (model / "extra").mkdir()
+    (model / "extra" / "fig.png").write_bytes(b"png")
+    fmt.write_directory(model, write("two"))
+    assert (model / "x.txt").read_text() == "two"
+    assert (model / "NOTES.md").read_text() == "trained on site A"
+    assert (model / "extra" / "fig.png").read_bytes() == b"png"
+    meta = json.loads((model / "metadata.json").read_text())
+    assert set(meta["files"]) == {"x.txt"}  # the user's files stay outside the checksums
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m", "plain.txt"]
+
+
+def test_metadata_is_checksummed_and_checked_against_the_params(exported, tmp_path):
+    """Editing the spacing or the class count in metadata.json is refused by its checksum;
+    a re-signed but inconsistent metadata.json is refused against the params' shapes."""
+    import shutil
+
+    from msseg.inference import model as model_lib
+
+    _, model_dir, _ = exported
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    meta = json.loads((bad / "metadata.json").read_text())
+    wrong = meta["model"]["num_classes"] + 2
+    edits = [
+        {"preprocess": {**meta["preprocess"], "spacing": [1.25, 1.5, 1.75]}},
+        {"model": {**meta["model"], "num_classes": wrong}},
+    ]
+    for edit in edits:
+        (bad / "metadata.json").write_text(json.dumps({**meta, **edit}))
+        with pytest.raises(InputError, match="metadata.json: checksum mismatch"):
+            model_lib.load_model(bad)
+    resigned = {**meta, "model": {**meta["model"], "num_classes": wrong}}
+    resigned["metadata_sha256"] = fmt.metadata_digest(resigned)
+    (bad / "metadata.json").write_text(json.dumps(resigned))
+    with pytest.raises(InputError, match=f"{bad}: inconsistent model directory.*{wrong} classes"):
+        model_lib.load_model(bad)
+    legacy = {k: v for k, v in meta.items() if k not in ("format_version", "metadata_sha256")}
+    (bad / "metadata.json").write_text(json.dumps({**legacy, "format": 1}))
+    with pytest.raises(InputError, match="format 1.*re-export"):
+        model_lib.load_model(bad)
+
+
+def test_sampler_settings_that_would_be_ignored_or_are_meaningless_are_refused(exported):
+    from msseg.inference import model as model_lib
+
+    _, model_dir, _ = exported
+    for kw, match in [
+        ({"eta": float("nan")}, "eta must be in"),
+        ({"eta": -1.0}, "eta must be in"),
+        ({"kind": "ddpm", "steps": 7}, "--steps.*ddpm"),
+        ({"kind": "multiscale", "steps": 7}, "--steps.*multiscale"),
+        ({"kind": "ddpm", "eta": 0.5}, "--eta.*ddpm"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model_lib.open_model(model_dir, "exported", **kw)
+    model_lib.open_model(model_dir, "exported", kind="ddim", steps=3, eta=0.5)
 
 
 @pytest.mark.parametrize(

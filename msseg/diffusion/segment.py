@@ -69,7 +69,7 @@ STEP_FUSIONS = ("none", "mean", "linear")
 class SamplerConfig:
     kind: str = "ddim"  # "ddim" | "ddpm" | "multiscale" | "anchored"
     steps: int = 5  # DDIM steps (ddim), ignored by ddpm
-    eta: float = 0.0
+    eta: float = 0.0  # DDIM noise in [0, 1]; ignored by ddpm
     ensemble: int = 1
     fusion: str = "mean"  # "mean" | "vote"
     coarse_depth: int = 1  # multiscale: the depth the chain starts at
@@ -90,6 +90,8 @@ class SamplerConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.ensemble < 1:
             raise ValueError("ensemble must be >= 1")
+        if not 0.0 <= self.eta <= 1.0:  # NaN fails too
+            raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM), got {self.eta}")
 
     def denoiser_evaluations(self, num_timesteps: int) -> int:
         """Model calls per sample (ensemble members count separately)."""

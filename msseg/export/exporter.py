@@ -151,13 +151,13 @@ def export_model(
 
 
 def metadata(config, setup, cfg, manifest, step, workdir, depths, platforms) -> dict:
-    """metadata.json without the checksums (format.write_directory adds them)."""
+    """metadata.json without the format marker and the checksums (format.write_directory
+    adds them)."""
     import flax  # noqa: PLC0415
     import jaxlib  # noqa: PLC0415
 
     pipe, schedule, loss, sampler = setup.pipeline, setup.schedule, setup.loss, setup.sampler
     return {
-        "format": fmt.FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": {
             "msseg": msseg.__version__,

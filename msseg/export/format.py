@@ -13,15 +13,23 @@ A model directory holds
   coarse chains, low-resolution inputs).
 - `params.npz`: the EMA parameters, keys = '/'-joined tree paths.
 - `config.json` (the training run's config), `labels.json` (the label protocol),
-  `metadata.json`: format version, versions of jax/jaxlib/flax/msseg, step, validation
-  metrics, what sample.py needs (patch, spacing, preprocessing, schedule, sampler
-  defaults) and the sha256 of every other file.
+  `metadata.json`: the format marker (`"format": "msseg-model"`, `"format_version"`),
+  versions of jax/jaxlib/flax/msseg, step, validation metrics, what sample.py needs (patch,
+  spacing, preprocessing, schedule, sampler defaults), the sha256 of every other file, and
+  `metadata_sha256`, the sha256 of metadata.json's own content without that key.
+
+The directory is tamper-evident as a whole: `verify` checks metadata.json's own checksum and
+every listed file's, so an edited spacing or class count is refused, not silently used.
+Only msseg's files are msseg's: `write_directory` replaces a directory only when its
+metadata.json carries the marker, and carries over every file it does not list (a NOTES.md
+a user added survives a re-export).
 
 Nothing here imports flax, optax, orbax or grain.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,7 +43,8 @@ import numpy as np
 from msseg.data.preprocess import sha256_file
 from msseg.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT = "msseg-model"
+FORMAT_VERSION = 2
 METADATA = "metadata.json"
 CONFIG = "config.json"
 LABELS = "labels.json"
@@ -111,9 +120,14 @@ def check_jax_version(exported_with: str, running: str) -> None:
         )
 
 
-def verify(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """Reads metadata.json and checks the format version and every file's sha256."""
-    root = Path(model_dir)
+def metadata_digest(meta: Mapping[str, Any]) -> str:
+    """sha256 of metadata `meta` without its own `metadata_sha256` (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_metadata(root: Path) -> dict[str, Any]:
     meta_path = root / METADATA
     if not meta_path.is_file():
         raise InputError(root, f"not a model directory (no {METADATA}); make one with export.py")
@@ -121,10 +135,55 @@ def verify(model_dir: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(meta_path, f"unreadable metadata: {e}") from e
-    if meta.get("format") != FORMAT_VERSION:
+    if not isinstance(meta, dict):
+        raise InputError(meta_path, "unreadable metadata: not a JSON object")
+    return meta
+
+
+def _legacy(meta: Mapping[str, Any]) -> bool:
+    """A model directory of format 1 (msseg before the marker and the metadata checksum)."""
+    return (
+        meta.get("format") == 1
+        and isinstance(meta.get("files"), dict)
+        and isinstance(meta.get("functions"), dict)
+        and "msseg" in (meta.get("versions") or {})
+    )
+
+
+def is_model_directory(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a metadata.json that msseg wrote (the marker, or format 1)."""
+    try:
+        meta = _read_metadata(Path(path))
+    except InputError:
+        return False
+    return meta.get("format") == FORMAT or _legacy(meta)
+
+
+def verify(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """Reads metadata.json and checks the marker, the format version, metadata.json's own
+    checksum and every listed file's sha256."""
+    root = Path(model_dir)
+    meta = _read_metadata(root)
+    meta_path = root / METADATA
+    if _legacy(meta):
+        raise InputError(
+            root,
+            "a model of format 1 (older msseg, its metadata is not checksummed): re-export it "
+            "from its training workdir with tools/export.py",
+        )
+    if meta.get("format") != FORMAT:
+        raise InputError(meta_path, f"not an msseg model's metadata (no format {FORMAT!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(
             meta_path,
-            f"model format {meta.get('format')!r}, this msseg reads format {FORMAT_VERSION}",
+            f"model format version {meta.get('format_version')!r}, this msseg reads version "
+            f"{FORMAT_VERSION}",
+        )
+    if meta.get("metadata_sha256") != metadata_digest(meta):
+        raise InputError(
+            meta_path,
+            "checksum mismatch: metadata.json was edited or damaged (it holds the spacing, "
+            "patch and classes inference relies on); re-export the model",
         )
     files = meta.get("files") or {}
     required = {PARAMS, CONFIG, LABELS, *meta.get("functions", {}).values()}
@@ -139,23 +198,59 @@ def verify(model_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _foreign_entries(out: Path) -> list[Path]:
+    """What an existing `out` holds besides msseg's files: [] for a missing or empty folder;
+    the entries its metadata.json does not list for a model directory; InputError for
+    anything else (never replaced)."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise InputError(out, "exists and is not a folder: refusing to replace it")
+    entries = sorted(out.iterdir())
+    if not entries:
+        return []
+    if not is_model_directory(out):
+        raise InputError(
+            out,
+            "exists and is not an msseg model directory (no metadata.json written by msseg): "
+            "refusing to replace it; choose another --output",
+        )
+    meta = _read_metadata(out)
+    ours = {METADATA, *(meta.get("files") or {})}
+    return [p for p in entries if p.name not in ours]
+
+
 def write_directory(output: str | os.PathLike, write_files) -> Path:
     """Writes a model directory atomically: `write_files(tmp_dir) -> metadata dict` fills a
-    temporary sibling folder, the sha256 of every file goes into metadata.json, then the
-    folder replaces `output` (an existing model there survives any failure before that)."""
+    temporary sibling folder, the sha256 of every file and of the metadata itself go into
+    metadata.json, then the folder replaces `output` (an existing model there survives any
+    failure before that).
+
+    `output` may be missing, an empty folder or an msseg model directory; anything else is
+    refused. Entries of an existing model directory that its metadata does not list (files
+    a user added) are copied into the new one, outside the checksums."""
     out = Path(output).absolute()
-    if out.exists() and not (
-        out.is_dir() and (not any(out.iterdir()) or (out / METADATA).is_file())
-    ):
-        raise InputError(out, "exists and is not a model directory: refusing to replace it")
+    foreign = _foreign_entries(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     old = None
     try:
         meta = dict(write_files(tmp))
+        meta.update(format=FORMAT, format_version=FORMAT_VERSION)
         meta["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta["metadata_sha256"] = metadata_digest(meta)
         (tmp / METADATA).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        for entry in foreign:
+            target = tmp / entry.name
+            if target.exists():
+                raise InputError(
+                    entry, "is not one of the model's files but the new export writes that name"
+                )
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, target, symlinks=True)
+            else:
+                shutil.copy2(entry, target, follow_symlinks=False)
         if out.exists():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, old)

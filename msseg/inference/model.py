@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from msseg import labels as labels_lib
 from msseg.data.preprocess import PreprocessConfig
@@ -170,6 +171,7 @@ def load_model(path: str | Path, route: str = "auto", conv_impl: str = "auto") -
     config = json.loads((root / fmt.CONFIG).read_text())
     protocol = labels_lib.Protocol.from_json(json.loads((root / fmt.LABELS).read_text()))
     params = jax.tree.map(jnp.asarray, fmt.load_params(root / fmt.PARAMS))
+    check_consistency(root, meta, protocol, params)
     d = meta.get("diffusion")
     schedule = sch.make_schedule(d["schedule"], d["num_timesteps"]) if d else None
     if route == "exported":
@@ -194,6 +196,47 @@ def load_model(path: str | Path, route: str = "auto", conv_impl: str = "auto") -
         chain=chain,
         logits=logits,
     )
+
+
+def check_consistency(root: Path, meta: dict, protocol: labels_lib.Protocol, params) -> None:
+    """Raises InputError (naming the model directory) unless the facts inference relies on
+    agree with each other and with the params' shapes: the class count, the protocol's
+    leaves, every head's outputs, the first convolution's inputs (image channels, plus the
+    mask's for diffusion models), a stem for every entry depth, the patch and the spacing."""
+    problems = []
+    try:
+        m = meta["model"]
+        k, depths = int(m["num_classes"]), int(m["num_depths"])
+        image_channels = int(m["image_channels"])
+        diffusion = meta["kind"] == "diffusion"
+        tree = params["params"]
+        if protocol.num_leaves != k:
+            problems.append(f"labels.json has {protocol.num_leaves} leaves, metadata {k} classes")
+        for d in range(depths):
+            head = tree.get(f"head{d}", {}).get("kernel")
+            if head is None or head.shape[-1] != k:
+                shape = None if head is None else tuple(head.shape)
+                problems.append(f"head{d} kernel {shape} does not predict {k} classes")
+        stem = tree.get("stem0", {}).get("kernel")
+        want = image_channels + (k if diffusion else 0)
+        if stem is None or stem.shape[-2] != want:
+            shape = None if stem is None else tuple(stem.shape)
+            problems.append(f"stem0 kernel {shape} does not take {want} input channels")
+        for d in meta["entry_depths"]:
+            if f"stem{int(d)}" not in tree:
+                problems.append(f"no stem{int(d)} parameters for entry depth {d}")
+        patch = [int(p) for p in meta["patch_size"]]
+        if len(patch) != 3 or any(p < 1 or p % 2 ** (depths - 1) for p in patch):
+            problems.append(f"patch {patch} is not a multiple of 2^{depths - 1} per axis")
+        spacing = [float(v) for v in meta["preprocess"]["spacing"]]
+        if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+            problems.append(f"spacing {spacing} is not three positive numbers")
+        if diffusion != bool(meta.get("diffusion")):
+            problems.append(f"kind {meta['kind']!r} disagrees with the diffusion settings")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        problems.append(f"incomplete metadata or params ({type(e).__name__}: {e})")
+    if problems:
+        raise InputError(root, "inconsistent model directory: " + "; ".join(problems))
 
 
 def sampler_config(model: LoadedModel, **overrides) -> seg.SamplerConfig:
@@ -307,6 +350,23 @@ def in_memory(
 def open_model(
     path: str | Path, route: str = "auto", **sampler
 ) -> tuple[LoadedModel, seg.SamplerConfig]:
-    """`load_model` plus its `sampler_config` with the given overrides (the tools' entry)."""
+    """`load_model` plus its `sampler_config` with the given overrides (the tools' entry).
+
+    An override the chosen sampler would ignore is refused (ValueError naming the flag):
+    any sampler setting for a deterministic model, `steps` for samplers other than ddim
+    (ddpm runs every timestep; multiscale and anchored have coarse_steps/refine_steps),
+    `eta` for ddpm (always ancestral)."""
     model = load_model(path, route=route)
-    return model, sampler_config(model, **sampler)
+    cfg = sampler_config(model, **sampler)
+    given = [k for k, v in sampler.items() if v is not None]
+    if not model.diffusion and given:
+        flags = ", ".join(f"--{k}" for k in given)
+        raise ValueError(f"{model.path} is a deterministic model (no sampler): {flags} do not apply")
+    if "steps" in given and cfg.kind != "ddim":
+        raise ValueError(
+            f"--steps sets the ddim sampler's steps; the {cfg.kind} sampler does not use it"
+            + (" (it runs every timestep)" if cfg.kind == "ddpm" else "")
+        )
+    if "eta" in given and cfg.kind == "ddpm":
+        raise ValueError("--eta applies to DDIM chains; the ddpm sampler is always ancestral")
+    return model, cfg
