@@ -361,7 +361,9 @@ def open_model(
     given = [k for k, v in sampler.items() if v is not None]
     if not model.diffusion and given:
         flags = ", ".join(f"--{k}" for k in given)
-        raise ValueError(f"{model.path} is a deterministic model (no sampler): {flags} do not apply")
+        raise ValueError(
+            f"{model.path} is a deterministic model (no sampler): {flags} do not apply"
+        )
     if "steps" in given and cfg.kind != "ddim":
         raise ValueError(
             f"--steps sets the ddim sampler's steps; the {cfg.kind} sampler does not use it"
