@@ -79,10 +79,55 @@ def _nifti1_header(img: nib.spatialimages.SpatialImage) -> nib.Nifti1Header:
     return header
 
 
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can count on, or None if unknown: Linux's
+    MemAvailable (else the physical memory), at most a cgroup v2 memory limit."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            available = min(available, int(limit))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _gib(n: int | None) -> str:
+    return "an unknown amount of memory" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def _read_bytes(img, shape: tuple[int, ...], disk: np.dtype, dtype: type | None) -> int:
+    """Peak bytes nibabel holds while reading ``img``'s data as ``dtype``: the raw array, plus
+    the scaled/cast copy (counted at 8 bytes a voxel when scaling applies)."""
+    n = int(np.prod(shape, dtype=object))
+    slope = getattr(img.dataobj, "slope", 1.0)
+    inter = getattr(img.dataobj, "inter", 0.0)
+    scaled = not (slope == 1 and inter == 0)
+    out = disk if dtype is None else np.dtype(dtype)
+    extra = max(out.itemsize, 8) if scaled else (out.itemsize if out != disk else 0)
+    return n * (disk.itemsize + extra)
+
+
 def _read(path: PathLike, dtype: type | None) -> tuple[np.ndarray, SourceGeometry, str]:
     """Read a 3D volume and its geometry; ``dtype=None`` keeps the file's (scaled) type.
 
     Returns the array in the file's own axis order [X0, Y0, Z0], the geometry, and the path.
+    InputError for an unreadable file, a non-3D shape, a degenerate affine, complex data,
+    data needing more memory than is available (checked before reading), or truncated data.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -102,8 +147,24 @@ def _read(path: PathLike, dtype: type | None) -> tuple[np.ndarray, SourceGeometr
     norms = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(norms < 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-6 * np.prod(norms):
         raise InputError(path, f"degenerate (singular) affine {np.round(affine, 4).tolist()}")
+    disk = np.dtype(img.get_data_dtype())
+    if disk.kind == "c":
+        raise InputError(path, f"complex-valued image (dtype {disk}): msseg reads real intensities")
+    need, available = _read_bytes(img, shape3, disk, dtype), available_memory()
+
+    def too_big() -> InputError:
+        return InputError(
+            path,
+            f"header claims {'x'.join(map(str, shape3))} voxels: reading them needs "
+            f"{_gib(need)}, this machine has {_gib(available)} available",
+        )
+
+    if available is not None and need > available:
+        raise too_big()
     try:
         data = np.asarray(img.dataobj) if dtype is None else np.asarray(img.dataobj, dtype)
+    except MemoryError as e:  # the estimate was too low or memory went meanwhile
+        raise too_big() from e
     except _DATA_ERRORS as e:
         raise InputError(path, f"truncated or corrupt image data ({e})") from e
     data = data.reshape(shape3)
@@ -134,11 +195,20 @@ def _canonical_shape(source: SourceGeometry) -> tuple[int, ...]:
 
 
 def load_image(path: PathLike) -> Volume:
-    """Load an intensity image as float32 ``[X, Y, Z]`` in canonical RAS+ order."""
+    """Load an intensity image as float32 ``[X, Y, Z]`` in canonical RAS+ order.
+
+    Besides `_read`'s refusals, an image with NaN/Inf voxels, no voxels, or one value
+    everywhere (not a scan) is an InputError.
+    """
     data, source, path = _read(path, np.float32)
     bad = int(np.count_nonzero(~np.isfinite(data)))
     if bad:
         raise InputError(path, f"image contains {bad} NaN/Inf voxels")
+    if data.size == 0:
+        raise InputError(path, f"image has no voxels (shape {data.shape})")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise InputError(path, f"image is constant (every voxel is {lo}): not a scan")
     canonical, affine = _to_canonical(data, source)
     return Volume(data=canonical, affine=affine, path=path, source=source)
 

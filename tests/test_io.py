@@ -273,8 +273,54 @@ def test_singular_affine(tmp_path):
     _expect_input_error(io.load_image, tmp_path / "s.nii.gz", "degenerate")
 
 
-def test_check_same_grid(tmp_path):
+def test_constant_image_is_not_a_scan(tmp_path):
+    for value in (0.0, 7.0):
+        path = _write(tmp_path / "flat.nii.gz", np.full(SHAPE, value, np.float32), np.eye(4))
+        _expect_input_error(
+            io.load_image, path, f"image is constant (every voxel is {value})", "not a scan"
+        )
+    assert io.load_label(path).data.max() == 7  # a constant label map is fine
     data = np.zeros(SHAPE, np.float32)
+    data[1, 2, 3] = 1e-3
+    io.load_image(_write(tmp_path / "one.nii.gz", data, np.eye(4)))
+
+
+def test_complex_image_is_refused(tmp_path):
+    data = (np.arange(np.prod(SHAPE)).reshape(SHAPE) * (1 + 2j)).astype(np.complex64)
+    path = _write(tmp_path / "complex.nii.gz", data, np.eye(4))
+    assert nib.load(path).get_data_dtype() == np.complex64
+    for load in (io.load_image, io.load_label):
+        _expect_input_error(
+            load, path, "complex-valued image (dtype complex64)", "msseg reads real intensities"
+        )
+
+
+def test_header_claiming_more_voxels_than_memory_is_refused_before_reading(tmp_path):
+    """A 5000³ float32 header on a tiny .nii: refused with the numbers, nothing allocated."""
+    import time
+
+    data = np.random.default_rng(6).normal(size=(4, 5, 6)).astype(np.float32)
+    path = _write(tmp_path / "huge.nii", data, np.eye(4))
+    header = nib.load(path).header.copy()
+    header.set_data_shape((5000, 5000, 5000))
+    raw = bytearray(open(path, "rb").read())
+    raw[:348] = header.binaryblock
+    with open(path, "wb") as f:
+        f.write(raw)
+    assert nib.load(path).shape == (5000, 5000, 5000)
+    start = time.perf_counter()
+    for load in (io.load_image, io.load_label):
+        message = _expect_input_error(
+            load, path, "header claims 5000x5000x5000 voxels: reading them needs 465.7 GiB"
+        )
+        assert "GiB available" in message
+    assert time.perf_counter() - start < 5
+    available = io.available_memory()
+    assert available is not None and 0 < available < 465 * 2**30
+
+
+def test_check_same_grid(tmp_path):
+    data = (np.arange(np.prod(SHAPE)).reshape(SHAPE) % 5).astype(np.float32)
     image = io.load_image(_write(tmp_path / "img.nii.gz", data, _affine("oblique")))
     other = io.load_label(_write(tmp_path / "small.nii.gz", data[:-1], _affine("oblique")))
     with pytest.raises(InputError) as err:

@@ -71,6 +71,7 @@ def main(argv):
 
     try:
         level = predict.parse_level(FLAGS.level)
+        predict.check_output(FLAGS.output)  # creates nothing; predict.run creates it
         model, cfg = model_lib.open_model(
             FLAGS.model,
             FLAGS.route,
@@ -87,9 +88,10 @@ def main(argv):
         sys.exit(f"sample.py: {e}")
     logging.info("sample: %d input(s), route %s, %s", len(inputs), model.route, cfg)
     opts = predict.Options(cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, FLAGS.depth, level)
+    # settings, the output folder and its volumes.csv are checked before the first file
     try:
         done, failures = predict.run(model, inputs, FLAGS.output, opts)
-    except (InputError, ValueError) as e:  # settings, checked before the first file
+    except (InputError, ValueError) as e:
         sys.exit(f"sample.py: {e}")
     print(f"sample.py: {len(done)} of {len(inputs)} segmented into {FLAGS.output}")
     for path, msg in failures:

@@ -15,7 +15,11 @@ under the node chosen at every coarser level), and write:
 - `<name>_uncertainty.nii.gz`: predictive entropy (nats) of the fused probabilities;
 - `<name>_qc.png`: three mid slices with the segmentation over the image;
 - one row of `volumes.csv`: mm³ per leaf and per tree node / named set.
-Every file is written atomically (io.save_* and io.atomic_write).
+
+A case's files (and the new volumes.csv) are first written under hidden temporary names in
+the output folder and renamed over the old ones only once every one is written (`Staging`):
+a case that fails leaves the outputs of an earlier run untouched. The output folder and an
+existing volumes.csv are checked before any file is segmented.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import io as _io
 import os
 import re
 import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -266,6 +271,50 @@ def volumes_row(result: Result, protocol) -> dict[str, float]:
     return row
 
 
+def _few(names: list[str], n: int = 4) -> str:
+    more = f" (+{len(names) - n} more)" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def check_volumes(path: Path, protocol: Protocol) -> None:
+    """Raises InputError naming `path` unless it is absent, empty, or a readable volumes.csv
+    with this protocol's columns (`volumes_row`'s, in any order) that rows can be merged into."""
+    if not path.exists():
+        return
+    advice = "choose another --output or move the file away"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(path, f"unreadable volumes.csv ({e}): {advice}") from e
+    if not lines:
+        return
+    header = lines[0]
+    if "case" not in header:
+        raise InputError(path, f"not a volumes.csv of msseg (no 'case' column): {advice}")
+    for i, row in enumerate(lines[1:], 2):
+        if row and len(row) != len(header):
+            raise InputError(
+                path,
+                f"garbled volumes.csv (line {i} has {len(row)} fields, the header "
+                f"{len(header)}): {advice}",
+            )
+    columns = ["case", *protocol.id_names()]
+    extra = [c for c in header if c not in columns]
+    missing = [c for c in columns if c not in header]
+    if extra or missing:
+        diff = "; ".join(
+            f"{what}: {_few(names)}"
+            for what, names in (("not this model's", extra), ("missing", missing))
+            if names
+        )
+        raise InputError(
+            path,
+            f"its columns belong to another label protocol than this model's "
+            f"{protocol.name!r} ({diff}): {advice}",
+        )
+
+
 def _atomic_bytes(path: Path, data: bytes) -> None:
     io.atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
@@ -318,14 +367,56 @@ def level_path(out_dir: Path, name: str, level: int) -> Path:
     return out_dir / f"{name}_seg_level{level}.nii.gz"
 
 
-def write_outputs(
-    out_dir: Path, result: Result, protocol: Protocol, level: int | str = "leaves"
+class Staging:
+    """Files written under hidden temporary names and renamed over their targets together.
+
+    `path(target)` names a temporary file next to `target` (`.<name>.<hex>.tmp<suffix>`, same
+    suffix, so the io savers accept it); `commit()` checks that every one was written, renames
+    each over its target, then removes the `stale` paths. Leaving the `with` block removes
+    this staging's temporary files that are left (all of them without a commit): the targets
+    keep their old contents unless `commit()` ran. A crash inside `commit()`'s renames can
+    leave some targets new and some old, never a half-written file.
+    """
+
+    def __init__(self) -> None:
+        self.files: list[tuple[Path, Path]] = []  # (temporary, target)
+        self.stale: list[Path] = []
+
+    def path(self, target: Path) -> Path:
+        target = Path(target)
+        suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp{suffix}")
+        self.files.append((tmp, target))
+        return tmp
+
+    def commit(self) -> None:
+        missing = [str(target) for tmp, target in self.files if not tmp.is_file()]
+        if missing:
+            raise RuntimeError(f"staged outputs not written: {', '.join(missing)}")
+        for tmp, target in self.files:
+            os.replace(tmp, target)
+        for path in self.stale:
+            path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        for tmp, _ in self.files:
+            tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def stage_outputs(
+    stage: Staging, out_dir: Path, result: Result, protocol: Protocol, level: int | str
 ) -> list[Path]:
-    """The seg (at `level`, see `Options`), uncertainty and QC files of one result
-    (volumes.csv is written per batch). Level files of an earlier run that this `level`
-    does not write are removed, so every file of `name` comes from the same result."""
+    """Writes the seg (at `level`, see `Options`), uncertainty and QC files of one result
+    into `stage`; returns their final paths. Level files of an earlier run that this `level`
+    does not write are marked stale, so after the commit every file of `name` comes from the
+    same result."""
     check_level(level, protocol)
-    out_dir.mkdir(parents=True, exist_ok=True)
     seg_path = out_dir / f"{result.name}_seg.nii.gz"
     unc_path = out_dir / f"{result.name}_uncertainty.nii.gz"
     png_path = out_dir / f"{result.name}_qc.png"
@@ -333,31 +424,53 @@ def write_outputs(
     ids, background = result.labels, 0
     if not isinstance(level, str):
         ids, background = table[level][result.labels], int(table[level][0])
-    io.save_label(seg_path, protocol.decode(ids), result.volume.source)
+    io.save_label(stage.path(seg_path), protocol.decode(ids), result.volume.source)
     paths = [seg_path]
     for lev in range(len(table)):
         path = level_path(out_dir, result.name, lev)
         if level == "all":
-            io.save_label(path, protocol.decode(table[lev][result.labels]), result.volume.source)
+            leaf_ids = table[lev][result.labels]
+            io.save_label(stage.path(path), protocol.decode(leaf_ids), result.volume.source)
             paths.append(path)
         else:
-            path.unlink(missing_ok=True)
-    io.save_image(unc_path, result.entropy, result.volume.source)
-    qc_png(png_path, result, protocol, ids, background)
-    logging.info("sample: wrote %s", seg_path)
+            stage.stale.append(path)
+    io.save_image(stage.path(unc_path), result.entropy, result.volume.source)
+    qc_png(stage.path(png_path), result, protocol, ids, background)
     return [*paths, unc_path, png_path]
+
+
+def write_outputs(
+    out_dir: Path, result: Result, protocol: Protocol, level: int | str = "leaves"
+) -> list[Path]:
+    """The seg (at `level`, see `Options`), uncertainty and QC files of one result
+    (volumes.csv is written per batch), replacing the old ones only once all are written
+    (`stage_outputs`; on an error the old files stay). Level files of an earlier run that
+    this `level` does not write are removed, so every file of `name` comes from the same
+    result."""
+    check_level(level, protocol)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Staging() as stage:
+        paths = stage_outputs(stage, out_dir, result, protocol, level)
+        stage.commit()
+    logging.info("sample: wrote %s", paths[0])
+    return paths
 
 
 _OUTPUT_NAME = re.compile(r"_(seg|seg_level\d+|uncertainty)$")  # sample.py's own outputs
 
 
 def find_inputs(spec: str) -> list[Path]:
-    """A file, a folder (its .nii/.nii.gz/.mgz files, not sample.py's own outputs) or a glob
-    → sorted input paths; two inputs that would write the same outputs are an error."""
+    """A file, a folder (its .nii/.nii.gz/.mgz files, not hidden ones nor sample.py's own
+    outputs) or a glob → sorted input paths; two inputs that would write the same outputs
+    are an error."""
     path = Path(spec)
     if path.is_dir():
         files = [
-            p for p in path.iterdir() if p.is_file() and p.name.endswith(datasets.NIFTI_SUFFIXES)
+            p
+            for p in path.iterdir()
+            if p.is_file()
+            and p.name.endswith(datasets.NIFTI_SUFFIXES)
+            and not p.name.startswith(".")  # hidden: e.g. a killed run's temporary outputs
         ]
         files = [p for p in files if not _OUTPUT_NAME.search(output_name(p))]
     elif path.exists():
@@ -381,41 +494,78 @@ class Done:
     windows: int
 
 
-def _merge_volumes(path: Path, rows: list[dict]) -> None:
-    """volumes.csv keeps the rows of earlier runs for cases not redone now."""
+def _merge_volumes(path: Path, rows: list[dict], to: Path | None = None) -> None:
+    """`path` (volumes.csv) with `rows` replacing the rows of their cases and the rows of
+    earlier runs for cases not redone now kept, written to `to` (default: `path`)."""
     old = []
     if path.is_file():
         with open(path, newline="") as f:
             old = list(csv.DictReader(f))
     names = {r["case"] for r in rows}
-    write_volumes(path, [r for r in old if r.get("case") not in names] + rows)
+    write_volumes(path if to is None else to, [r for r in old if r.get("case") not in names] + rows)
+
+
+def check_output(output: str | os.PathLike) -> None:
+    """Raises InputError naming `output` unless it is a writable folder or can be created as
+    one (its nearest existing ancestor is a writable folder). Creates nothing."""
+    out = Path(output)
+    probe = out.absolute()
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe == out.absolute():
+        if not probe.is_dir():
+            raise InputError(out, "cannot create the output folder: a file of that name exists")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise InputError(out, "cannot write to the output folder: permission denied")
+    elif not probe.is_dir():
+        raise InputError(out, f"cannot create the output folder: {probe} is not a folder")
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(out, f"cannot create the output folder: {probe} is not writable")
+
+
+def output_folder(output: str | os.PathLike) -> Path:
+    """`output` as a folder, created with its parents if needed; InputError naming it if it
+    cannot be created or written to (`check_output`)."""
+    out = Path(output)
+    check_output(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out, f"cannot create the output folder: {e.strerror or e}") from e
+    return out
 
 
 def run(
     model: model_lib.LoadedModel, inputs: list[Path], output: str | os.PathLike, opts: Options
 ) -> tuple[list[Done], list[tuple[Path, str]]]:
-    """Segments every input into `output`; a failing file is logged, its partial outputs are
-    removed, and the batch goes on. Returns (done, failures as (path, message))."""
+    """Segments every input into `output`.
+
+    Before any file is read: the settings (`Segmenter`), the output folder (created if
+    needed, `output_folder`) and an existing volumes.csv there (`check_volumes`); a problem
+    is an InputError/ValueError. Then per file: its outputs and the updated volumes.csv are
+    staged and committed together (`Staging`); a failing file is logged, its earlier outputs
+    and volumes.csv row stay as they were, and the batch goes on. Returns (done, failures
+    as (path, message)).
+    """
     segmenter = Segmenter(model, opts)  # checks the settings before anything is written
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(output)
+    table = out / "volumes.csv"
+    check_volumes(table, model.protocol)
     key = jax.random.key(opts.seed)
     done, failures, rows = [], [], []
     for i, path in enumerate(inputs, 1):
-        name = output_name(path)
         try:
-            result = segmenter.segment_file(path, key)
-            write_outputs(out, result, model.protocol, opts.level)
-            rows.append(volumes_row(result, model.protocol))
-            _merge_volumes(out / "volumes.csv", rows)
+            with Staging() as stage:
+                result = segmenter.segment_file(path, key)
+                stage_outputs(stage, out, result, model.protocol, opts.level)
+                row = volumes_row(result, model.protocol)
+                _merge_volumes(table, [*rows, row], to=stage.path(table))
+                stage.commit()
         except Exception as e:  # noqa: BLE001 — one bad file must not stop the batch
-            for suffix in ("_seg.nii.gz", "_uncertainty.nii.gz", "_qc.png"):
-                (out / f"{name}{suffix}").unlink(missing_ok=True)
-            for lev in range(len(model.protocol.levels())):
-                level_path(out, name, lev).unlink(missing_ok=True)
             failures.append((path, f"{type(e).__name__}: {e}"))
             logging.error("sample: [%d/%d] %s failed: %s", i, len(inputs), path, e)
             continue
+        rows.append(row)
         done.append(Done(result.name, result.seconds, result.windows))
         logging.info(
             "sample: [%d/%d] %s: %d windows, %.1f s",
