@@ -100,8 +100,8 @@ def main(argv):
 
 
 def _make_output_dir() -> None:
-    from msseg.data.preprocess import make_output_dir  # noqa: PLC0415
     from msseg.errors import InputError  # noqa: PLC0415
+    from msseg.io import make_output_dir  # noqa: PLC0415
 
     try:
         make_output_dir(FLAGS.output)

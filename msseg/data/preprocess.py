@@ -57,17 +57,6 @@ def check_spacing(spacing) -> tuple[float, float, float]:
     return values
 
 
-def make_output_dir(path: str | os.PathLike) -> Path:
-    """Creates the folder `path` (and its parents); InputError naming it if that fails."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise InputError(path, f"cannot create the output folder: {e.strerror or e}") from None
-    if not os.path.isdir(path):
-        raise InputError(path, "cannot create the output folder: a file is in the way")
-    return Path(path)
-
-
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)  # mm
@@ -295,8 +284,8 @@ def preprocess_dataset(
     A combined dataset (several SPECs) gives one manifest; "dataset" and "root" hold the
     comma-joined names and roots, and each case record its own "dataset".
     """
-    out = make_output_dir(output)
-    make_output_dir(out / "cases")
+    out = io.make_output_dir(output)
+    io.make_output_dir(out / "cases")
     key = cfg.key(dataset.protocol)
     old = _old_records(out)
     manifest = {
@@ -427,7 +416,7 @@ def run(
     """
     if spacing is not None:  # settings and the output folder first: before any dataset work
         PreprocessConfig(spacing=check_spacing(spacing), margin_mm=margin_mm)
-    make_output_dir(output)
+    io.make_output_dir(output)
     dataset = datasets.resolve(spec, protocol=protocol, val_fraction=val_fraction, cache=cache)
     if spacing is None:
         every_mni = all(s == "mni152" for s in datasets.split_spec(spec))

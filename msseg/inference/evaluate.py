@@ -18,7 +18,7 @@ import jax
 from absl import logging
 
 from msseg import io
-from msseg.data import datasets, preprocess
+from msseg.data import datasets
 from msseg.errors import InputError
 from msseg.evaluation import calibration, plots, report
 from msseg.inference import model as model_lib
@@ -38,7 +38,7 @@ def evaluate_model(
     max_cases: int = 0,
 ) -> report.Report:
     """Segments the labelled cases of `split` in dataset `data` and writes the report."""
-    out = preprocess.make_output_dir(output)  # before any work: InputError if it cannot be
+    out = io.make_output_dir(output)  # before any work: InputError if it cannot be
     dataset = datasets.resolve(data)
     if dataset.protocol.name != model.protocol.name:
         raise InputError(

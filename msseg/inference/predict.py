@@ -505,50 +505,20 @@ def _merge_volumes(path: Path, rows: list[dict], to: Path | None = None) -> None
     write_volumes(path if to is None else to, [r for r in old if r.get("case") not in names] + rows)
 
 
-def check_output(output: str | os.PathLike) -> None:
-    """Raises InputError naming `output` unless it is a writable folder or can be created as
-    one (its nearest existing ancestor is a writable folder). Creates nothing."""
-    out = Path(output)
-    probe = out.absolute()
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if probe == out.absolute():
-        if not probe.is_dir():
-            raise InputError(out, "cannot create the output folder: a file of that name exists")
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise InputError(out, "cannot write to the output folder: permission denied")
-    elif not probe.is_dir():
-        raise InputError(out, f"cannot create the output folder: {probe} is not a folder")
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(out, f"cannot create the output folder: {probe} is not writable")
-
-
-def output_folder(output: str | os.PathLike) -> Path:
-    """`output` as a folder, created with its parents if needed; InputError naming it if it
-    cannot be created or written to (`check_output`)."""
-    out = Path(output)
-    check_output(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(out, f"cannot create the output folder: {e.strerror or e}") from e
-    return out
-
-
 def run(
     model: model_lib.LoadedModel, inputs: list[Path], output: str | os.PathLike, opts: Options
 ) -> tuple[list[Done], list[tuple[Path, str]]]:
     """Segments every input into `output`.
 
     Before any file is read: the settings (`Segmenter`), the output folder (created if
-    needed, `output_folder`) and an existing volumes.csv there (`check_volumes`); a problem
+    needed, `io.make_output_dir`) and an existing volumes.csv there (`check_volumes`); a problem
     is an InputError/ValueError. Then per file: its outputs and the updated volumes.csv are
     staged and committed together (`Staging`); a failing file is logged, its earlier outputs
     and volumes.csv row stay as they were, and the batch goes on. Returns (done, failures
     as (path, message)).
     """
     segmenter = Segmenter(model, opts)  # checks the settings before anything is written
-    out = output_folder(output)
+    out = io.make_output_dir(output)
     table = out / "volumes.csv"
     check_volumes(table, model.protocol)
     key = jax.random.key(opts.seed)
