@@ -10,7 +10,11 @@ from msseg.export import exporter
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints/).", required=True)
 flags.DEFINE_string(
-    "output", None, "Model directory to write (replaced atomically).", required=True
+    "output",
+    None,
+    "Model directory to write: a new or empty folder, or an msseg model directory (replaced "
+    "atomically; files it does not list are kept).",
+    required=True,
 )
 flags.DEFINE_string("step", "latest", "Checkpoint: latest, best (validation Dice) or a step.")
 flags.DEFINE_list("platforms", list(exporter.PLATFORMS), "Platforms to lower the sampler for.")

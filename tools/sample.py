@@ -10,7 +10,8 @@ where msseg's model code is not importable) the exported sampler runs alone. Wri
 input <name>_seg.nii.gz (the leaves, or tree level L with --level=L; with --level=all also
 <name>_seg_level<l>.nii.gz for every level l, coarse to fine), <name>_uncertainty.nii.gz,
 <name>_qc.png and a volumes.csv row (mm³ per leaf, tree node and named set); a bad input
-is reported and skipped, and the exit code is 1 if any failed.
+is reported and skipped, and the exit code is 1 if any failed. A case's files are renamed
+into place together once all are written, so a failed case keeps an earlier run's outputs.
 """
 
 import os
