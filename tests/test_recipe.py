@@ -17,6 +17,7 @@ from msseg.diffusion import losses, samplers
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
 from msseg.diffusion.schedule import Target
+from msseg.export import format as fmt
 from msseg.models.resize import upsample
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import loop
@@ -649,6 +650,7 @@ def test_a_scaled_logits_model_gives_the_same_segmentation_on_both_routes(
         unscaled = tmp_path / "unscaled"
         shutil.copytree(model_dir, unscaled)
         meta["diffusion"]["signal_scale"] = 1.0
+        meta["metadata_sha256"] = fmt.metadata_digest(meta)  # a deliberate, re-signed edit
         (unscaled / "metadata.json").write_text(json.dumps(meta))
         other = _segment(unscaled, "local", kind, raw, scale=1.0)
         assert np.abs(other[0] - out["local"][0]).max() > 1e-2
