@@ -273,6 +273,14 @@ def check_output_dir(output: PathLike) -> None:
         raise InputError(out, f"cannot create the output folder: {probe} is not writable")
 
 
+def check_output_file(path: PathLike) -> None:
+    """Raises InputError naming `path` unless a file can be written there: not a folder, and
+    its folder exists or can be created (`check_output_dir`). Creates nothing."""
+    if os.path.isdir(path):
+        raise InputError(path, "is a folder: give a file name")
+    check_output_dir(os.path.dirname(os.path.abspath(path)))
+
+
 def make_output_dir(output: PathLike) -> Path:
     """`output` as a folder, created with its parents if needed; InputError naming it if it
     cannot be created or written to (`check_output_dir`)."""

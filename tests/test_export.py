@@ -143,7 +143,7 @@ def test_export_replaces_only_msseg_model_directories_and_keeps_other_files(tmp_
     assert (lookalike / "metadata.json").read_text() == '{"author": "me"}'
     plain = tmp_path / "plain.txt"
     plain.write_text("mine")
-    with pytest.raises(InputError, match="not a folder"):
+    with pytest.raises(InputError, match="a file of that name exists"):
         fmt.write_directory(plain, write("one"))
     assert plain.read_text() == "mine"
 

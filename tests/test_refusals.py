@@ -101,6 +101,48 @@ def test_library_refuses_an_output_folder_under_a_file(toy, tmp_path):
         preprocess.run(str(toy), blocker, spacing=(4.0, 4.0, 4.0), workers=1)  # a file itself
 
 
+def test_train_export_and_benchmark_outputs_under_a_file_are_refused_first(toy, tmp_path):
+    from msseg import io
+    from msseg.errors import InputError
+    from msseg.export import exporter
+
+    blocker = tmp_path / "F"
+    blocker.write_text("a plain file")
+    with pytest.raises(InputError, match=f"{blocker / 'w'}: cannot create the output folder"):
+        loop.train(_tiny(toy, tmp_path), blocker / "w")
+    # the export is refused before the workdir is even read (it does not exist here)
+    with pytest.raises(InputError, match=f"{blocker / 'm'}: cannot create the output folder"):
+        exporter.export_model(tmp_path / "no-run", blocker / "m")
+    with pytest.raises(InputError, match="cannot create the output folder"):
+        io.check_output_file(blocker / "bench.json")
+    with pytest.raises(InputError, match="is a folder"):
+        io.check_output_file(tmp_path)
+    io.check_output_file(tmp_path / "new" / "bench.json")
+    assert blocker.read_text() == "a plain file" and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        (
+            "train.py",
+            ["--config=configs/tiny.py", "--config.data.pipeline.batch_size=8", "--workdir={out}"],
+        ),
+        ("export.py", ["--workdir={tmp}/run", "--output={out}"]),
+        ("benchmark.py", ["--output={out}/b.json"]),
+        ("benchmark_pipeline.py", ["--cache={tmp}/cache", "--output={out}/b.json"]),
+        ("suite.py", ["--quick", "--out={out}"]),
+    ],
+)
+def test_every_tool_refuses_an_output_under_a_file_in_one_line(tmp_path, tool, args):
+    blocker = tmp_path / "F"
+    blocker.write_text("a plain file")
+    out = blocker / "out"
+    run = _tool(tool, *[a.format(out=out, tmp=tmp_path) for a in args])
+    _refused(run, tool.removesuffix(".py") if tool == "suite.py" else tool, "not a folder")
+    assert blocker.read_text() == "a plain file"
+
+
 # --------------------------------------------------------------------------- preprocess settings
 
 

@@ -13,7 +13,9 @@ and prints speed-ups.
 """
 
 import json
+import os
 import platform
+import sys
 import time
 
 from absl import app, flags
@@ -108,6 +110,14 @@ def sampling_main() -> None:
 
 def main(argv):
     del argv
+    if FLAGS.output:  # before hours of measuring: a result that cannot be written is lost
+        from msseg import io  # noqa: PLC0415
+        from msseg.errors import InputError  # noqa: PLC0415
+
+        try:
+            io.check_output_file(FLAGS.output)
+        except InputError as e:
+            sys.exit(f"{os.path.basename(__file__)}: {e}")
     if FLAGS.model or FLAGS.config:
         return sampling_main()
     unknown = [w for w in FLAGS.workload if w not in benchmark.WORKLOADS]

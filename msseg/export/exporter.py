@@ -102,6 +102,7 @@ def export_model(
 ) -> Path:
     """Workdir (its `step`: latest, best or a number) → model directory `output`; returns it."""
     workdir = Path(workdir).absolute()
+    fmt.check_replaceable(output)  # before any work: never replaces what msseg did not write
     config = _run_config(workdir)
     cache = config.data.cache or str(workdir / "cache")
     if not (Path(cache) / "manifest.json").is_file():

@@ -220,6 +220,15 @@ def _foreign_entries(out: Path) -> list[Path]:
     return [p for p in entries if p.name not in ours]
 
 
+def check_replaceable(output: str | os.PathLike) -> None:
+    """Raises InputError unless `write_directory` may write `output`: a folder that can be
+    created, an empty folder or an msseg model directory (checked before any export work)."""
+    from msseg import io  # noqa: PLC0415 - nibabel and scipy, not needed to read a model
+
+    io.check_output_dir(output)
+    _foreign_entries(Path(output).absolute())
+
+
 def write_directory(output: str | os.PathLike, write_files) -> Path:
     """Writes a model directory atomically: `write_files(tmp_dir) -> metadata dict` fills a
     temporary sibling folder, the sha256 of every file and of the metadata itself go into
@@ -230,6 +239,7 @@ def write_directory(output: str | os.PathLike, write_files) -> Path:
     refused. Entries of an existing model directory that its metadata does not list (files
     a user added) are copied into the new one, outside the checksums."""
     out = Path(output).absolute()
+    check_replaceable(out)
     foreign = _foreign_entries(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
