@@ -128,12 +128,10 @@ def _header_edit(img: nib.Nifti1Image, rng) -> tuple[nib.Nifti1Image, str]:
         "constant",
         "nan",
         "complex",
-        "zero_spacing",
-        "nan_affine",
         "4d",
         "flat_2d",
         "nan_slope",
-    ][int(rng.integers(8))]
+    ][int(rng.integers(6))]
     if kind == "constant":
         return nib.Nifti1Image(np.full_like(data, float(rng.normal())), affine), kind
     if kind == "nan":
@@ -142,12 +140,6 @@ def _header_edit(img: nib.Nifti1Image, rng) -> tuple[nib.Nifti1Image, str]:
         return nib.Nifti1Image(data, affine), kind
     if kind == "complex":
         return nib.Nifti1Image(data.astype(np.complex64), affine), kind
-    if kind == "zero_spacing":
-        affine[:3, int(rng.integers(3))] = 0
-        return nib.Nifti1Image(data, affine), kind
-    if kind == "nan_affine":
-        affine[int(rng.integers(3)), int(rng.integers(4))] = np.nan
-        return nib.Nifti1Image(data, affine), kind
     if kind == "4d":
         return nib.Nifti1Image(np.stack([data, data], -1), affine), kind
     if kind == "flat_2d":
@@ -160,10 +152,18 @@ def _header_edit(img: nib.Nifti1Image, rng) -> tuple[nib.Nifti1Image, str]:
 def _corrupt_input(src: Path, dst: Path, rng) -> str:
     """`dst` (a .nii or .nii.gz name): a corrupted copy of the image `src`."""
     raw = gzip.decompress(src.read_bytes())  # the uncompressed .nii
-    kind = ["truncate", "bitflip_header", "bitflip_data", "header_edit", "garbage", "empty"][
-        int(rng.integers(6))
-    ]
-    if kind == "truncate":
+    kinds = ["truncate", "bitflip_header", "bitflip_data", "header_edit", "garbage", "empty"]
+    kind = [*kinds, "nan_affine", "zero_spacing"][int(rng.integers(8))]
+    if kind in ("nan_affine", "zero_spacing"):  # nibabel builds no such image: patch bytes
+        header = bytearray(raw)
+        header[252:256] = np.array([0, 1], "<i2").tobytes()  # qform_code 0, sform_code 1
+        j = int(rng.integers(3))
+        rows = range(3) if kind == "zero_spacing" else [int(rng.integers(3))]
+        for i in rows:  # srow_x/y/z[j]: a NaN entry, or a whole zero column (no spacing)
+            at = 280 + 16 * i + 4 * j
+            header[at : at + 4] = np.array([np.nan if kind == "nan_affine" else 0], "<f4").tobytes()
+        data = bytes(header)
+    elif kind == "truncate":
         data = raw[: int(rng.integers(1, len(raw)))]
     elif kind == "bitflip_header":
         i = int(rng.integers(348))

@@ -179,6 +179,12 @@ def main():
     probe("6 evaluate.py --output under a file", p, True, [same(blocker, b"a file")], "plain.txt")
     p = tool("tools/preprocess.py", f"--data={raw}", f"--output={bad_out}")
     probe("6 preprocess.py --output under a file", p, True, [same(blocker, b"a file")], "plain.txt")
+    p = tool("tools/export.py", f"--workdir={run}", f"--output={bad_out}")
+    probe("6 export.py --output under a file", p, True, [same(blocker, b"a file")], "plain.txt")
+    p = tool("tools/train.py", f"--config={cfg}", f"--workdir={bad_out}")
+    probe("6 train.py --workdir under a file", p, True, [same(blocker, b"a file")], "plain.txt")
+    p = tool("tools/benchmark.py", f"--output={bad_out}/b.json")
+    probe("6 benchmark.py --output under a file", p, True, [same(blocker, b"a file")], "plain.txt")
     cache6 = work / "cache6"
     p = tool("tools/preprocess.py", f"--data={raw}", f"--output={cache6}", "--spacing=-2")
     probe(
