@@ -33,7 +33,7 @@ def tool(*args, cwd=ROOT) -> subprocess.CompletedProcess:
 def message(p: subprocess.CompletedProcess) -> str:
     lines = [ln for ln in (p.stderr + p.stdout).splitlines() if ln.strip()]
     mine = [ln for ln in lines if ln.split(":")[0].endswith(".py") or "FAILED" in ln]
-    return (mine or lines or [""])[-1][:160]
+    return (mine or lines or [""])[-1]
 
 
 def probe(name: str, p: subprocess.CompletedProcess, want_fail: bool, kept=(), expect="") -> None:
@@ -44,7 +44,7 @@ def probe(name: str, p: subprocess.CompletedProcess, want_fail: bool, kept=(), e
     results.append(ok)
     print(
         f"{'ok ' if ok else 'BAD'} {name}: exit {p.returncode}, traceback {tb}, files kept "
-        f"{survived} | {msg}"
+        f"{survived} | {msg[:200]}"
     )
 
 
