@@ -132,6 +132,7 @@ def test_train_export_and_benchmark_outputs_under_a_file_are_refused_first(toy, 
         ("benchmark.py", ["--output={out}/b.json"]),
         ("benchmark_pipeline.py", ["--cache={tmp}/cache", "--output={out}/b.json"]),
         ("suite.py", ["--quick", "--out={out}"]),
+        ("sample.py", ["--model={tmp}/no-model", "--input={tmp}", "--output={out}"]),
     ],
 )
 def test_every_tool_refuses_an_output_under_a_file_in_one_line(tmp_path, tool, args):
