@@ -13,8 +13,7 @@ import gzip
 import os
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -253,57 +252,6 @@ def check_same_grid(image: Volume, label: Volume, atol: float = 1e-3) -> None:
 
 
 # --------------------------------------------------------------------------- saving
-
-
-def check_output_dir(output: PathLike) -> None:
-    """Raises InputError naming `output` unless it is a writable folder or can be created as
-    one (its nearest existing ancestor is a writable folder). Creates nothing."""
-    out = Path(output)
-    probe = out.absolute()
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if probe == out.absolute():
-        if not probe.is_dir():
-            raise InputError(out, "cannot create the output folder: a file of that name exists")
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise InputError(out, "cannot write to the output folder: permission denied")
-    elif not probe.is_dir():
-        raise InputError(out, f"cannot create the output folder: {probe} is not a folder")
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(out, f"cannot create the output folder: {probe} is not writable")
-
-
-def check_output_file(path: PathLike) -> None:
-    """Raises InputError naming `path` unless a file can be written there: not a folder, and
-    its folder exists or can be created (`check_output_dir`). Creates nothing."""
-    if os.path.isdir(path):
-        raise InputError(path, "is a folder: give a file name")
-    check_output_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def make_output_dir(output: PathLike) -> Path:
-    """`output` as a folder, created with its parents if needed; InputError naming it if it
-    cannot be created or written to (`check_output_dir`)."""
-    out = Path(output)
-    check_output_dir(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(out, f"cannot create the output folder: {e.strerror or e}") from None
-    return out
-
-
-def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``
-    (a crash leaves the old file or none, never half a file)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _write(path: PathLike, data: np.ndarray, source: SourceGeometry) -> None:

@@ -102,7 +102,7 @@ def test_library_refuses_an_output_folder_under_a_file(toy, tmp_path):
 
 
 def test_train_export_and_benchmark_outputs_under_a_file_are_refused_first(toy, tmp_path):
-    from msseg import io
+    from msseg import files
     from msseg.errors import InputError
     from msseg.export import exporter
 
@@ -114,10 +114,10 @@ def test_train_export_and_benchmark_outputs_under_a_file_are_refused_first(toy, 
     with pytest.raises(InputError, match=f"{blocker / 'm'}: cannot create the output folder"):
         exporter.export_model(tmp_path / "no-run", blocker / "m")
     with pytest.raises(InputError, match="cannot create the output folder"):
-        io.check_output_file(blocker / "bench.json")
+        files.check_output_file(blocker / "bench.json")
     with pytest.raises(InputError, match="is a folder"):
-        io.check_output_file(tmp_path)
-    io.check_output_file(tmp_path / "new" / "bench.json")
+        files.check_output_file(tmp_path)
+    files.check_output_file(tmp_path / "new" / "bench.json")
     assert blocker.read_text() == "a plain file" and not (tmp_path / "new").exists()
 
 

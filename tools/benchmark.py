@@ -111,11 +111,11 @@ def sampling_main() -> None:
 def main(argv):
     del argv
     if FLAGS.output:  # before hours of measuring: a result that cannot be written is lost
-        from msseg import io  # noqa: PLC0415
+        from msseg import files  # noqa: PLC0415
         from msseg.errors import InputError  # noqa: PLC0415
 
         try:
-            io.check_output_file(FLAGS.output)
+            files.check_output_file(FLAGS.output)
         except InputError as e:
             sys.exit(f"{os.path.basename(__file__)}: {e}")
     if FLAGS.model or FLAGS.config:

@@ -26,11 +26,11 @@ flags.mark_flags_as_required(["cache"])
 def main(argv):
     del argv
     if FLAGS.output:  # before hours of measuring: a result that cannot be written is lost
-        from msseg import io  # noqa: PLC0415
+        from msseg import files  # noqa: PLC0415
         from msseg.errors import InputError  # noqa: PLC0415
 
         try:
-            io.check_output_file(FLAGS.output)
+            files.check_output_file(FLAGS.output)
         except InputError as e:
             sys.exit(f"{os.path.basename(__file__)}: {e}")
     base = pipeline.PipelineConfig(patch_size=(FLAGS.patch,) * 3, batch_size=FLAGS.batch_size)

@@ -101,7 +101,7 @@ def main(argv):
 
 def _make_output_dir() -> None:
     from msseg.errors import InputError  # noqa: PLC0415
-    from msseg.io import make_output_dir  # noqa: PLC0415
+    from msseg.files import make_output_dir  # noqa: PLC0415
 
     try:
         make_output_dir(FLAGS.output)

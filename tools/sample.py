@@ -66,14 +66,14 @@ def main(argv):
     if FLAGS.compilation_cache:
         jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    from msseg import io  # noqa: PLC0415
+    from msseg import files  # noqa: PLC0415
     from msseg.errors import InputError  # noqa: PLC0415
     from msseg.inference import model as model_lib  # noqa: PLC0415
     from msseg.inference import predict  # noqa: PLC0415
 
     try:
         level = predict.parse_level(FLAGS.level)
-        io.check_output_dir(FLAGS.output)  # creates nothing; predict.run creates it
+        files.check_output_dir(FLAGS.output)  # creates nothing; predict.run creates it
         model, cfg = model_lib.open_model(
             FLAGS.model,
             FLAGS.route,

@@ -31,7 +31,7 @@ from absl import logging
 from scipy import ndimage
 
 from msseg.data import augment
-from msseg.data.preprocess import sha256_file
+from msseg.files import sha256_file
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

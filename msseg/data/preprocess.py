@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 from scipy import ndimage
 
-from msseg import io
+from msseg import files, io
 from msseg import labels as labels_lib
 from msseg.data import datasets
 from msseg.data.datasets import Case, Dataset
@@ -164,16 +164,7 @@ def _save_npy(path: Path, array: np.ndarray) -> str:
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
-    return sha256_file(path)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return files.sha256_file(path)
 
 
 def case_key(key: str, case: Case) -> str:
@@ -216,15 +207,15 @@ def preprocess_case(
     seed = int(hashlib.sha256(case.case_id.encode()).hexdigest()[:8], 16)
     fg = foreground_indices(ids, cfg.max_indices, seed)
     stem = out / "cases" / case.case_id
-    files = {"image": f"{stem}.image.npy", "label": f"{stem}.label.npy", "fg": f"{stem}.fg.npy"}
+    names = {"image": f"{stem}.image.npy", "label": f"{stem}.label.npy", "fg": f"{stem}.fg.npy"}
     sha = {
-        k: _save_npy(Path(files[k]), a)
+        k: _save_npy(Path(names[k]), a)
         for k, a in (("image", prepared.image), ("label", ids), ("fg", fg))
     }
     counts = np.bincount(ids.ravel(), minlength=256)
     return {
         "split": case.split,
-        "files": {k: Path(v).relative_to(out).as_posix() for k, v in files.items()},
+        "files": {k: Path(v).relative_to(out).as_posix() for k, v in names.items()},
         "sha256": sha,
         "shape": list(prepared.image.shape),
         "spacing": [float(s) for s in cfg.spacing],
@@ -245,14 +236,16 @@ def _is_current(record: dict | None, case: Case, out: Path, key: str) -> bool:
     try:
         if record["sources"] != {"image": _stat(case.image), "label": _stat(case.label)}:
             return False
-        return all(sha256_file(out / record["files"][k]) == v for k, v in record["sha256"].items())
+        return all(
+            files.sha256_file(out / record["files"][k]) == v for k, v in record["sha256"].items()
+        )
     except (OSError, KeyError):
         return False
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1)
-    io.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _old_records(out: Path) -> dict:
@@ -284,8 +277,8 @@ def preprocess_dataset(
     A combined dataset (several SPECs) gives one manifest; "dataset" and "root" hold the
     comma-joined names and roots, and each case record its own "dataset".
     """
-    out = io.make_output_dir(output)
-    io.make_output_dir(out / "cases")
+    out = files.make_output_dir(output)
+    files.make_output_dir(out / "cases")
     key = cfg.key(dataset.protocol)
     old = _old_records(out)
     manifest = {
@@ -416,7 +409,7 @@ def run(
     """
     if spacing is not None:  # settings and the output folder first: before any dataset work
         PreprocessConfig(spacing=check_spacing(spacing), margin_mm=margin_mm)
-    io.make_output_dir(output)
+    files.make_output_dir(output)
     dataset = datasets.resolve(spec, protocol=protocol, val_fraction=val_fraction, cache=cache)
     if spacing is None:
         every_mni = all(s == "mni152" for s in datasets.split_spec(spec))

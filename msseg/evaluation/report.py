@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from msseg import io as io_lib
+from msseg import files
 from msseg import labels as labels_lib
 from msseg.evaluation import metrics as metrics_lib
 from msseg.evaluation import plots
@@ -258,11 +258,11 @@ def _write_text(path: str, text: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
 
-    io_lib.atomic_write(path, write)
+    files.atomic_write(path, write)
 
 
 def _save_figure(fig, path: str) -> None:
-    io_lib.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
 
 
 def rows_to_csv(rows: Sequence[Row]) -> str:

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from msseg.data.preprocess import sha256_file
 from msseg.errors import InputError
+from msseg.files import check_output_dir, sha256_file
 
 FORMAT = "msseg-model"
 FORMAT_VERSION = 2
@@ -223,9 +223,7 @@ def _foreign_entries(out: Path) -> list[Path]:
 def check_replaceable(output: str | os.PathLike) -> None:
     """Raises InputError unless `write_directory` may write `output`: a folder that can be
     created, an empty folder or an msseg model directory (checked before any export work)."""
-    from msseg import io  # noqa: PLC0415 - nibabel and scipy, not needed to read a model
-
-    io.check_output_dir(output)
+    check_output_dir(output)
     _foreign_entries(Path(output).absolute())
 
 

@@ -17,7 +17,7 @@ import time
 import jax
 from absl import logging
 
-from msseg import io
+from msseg import files, io
 from msseg.data import datasets
 from msseg.errors import InputError
 from msseg.evaluation import calibration, plots, report
@@ -38,7 +38,7 @@ def evaluate_model(
     max_cases: int = 0,
 ) -> report.Report:
     """Segments the labelled cases of `split` in dataset `data` and writes the report."""
-    out = io.make_output_dir(output)  # before any work: InputError if it cannot be
+    out = files.make_output_dir(output)  # before any work: InputError if it cannot be
     dataset = datasets.resolve(data)
     if dataset.protocol.name != model.protocol.name:
         raise InputError(

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from msseg import io
+from msseg import files, io
 from msseg.data import datasets
 from msseg.data.preprocess import prepare_image
 from msseg.diffusion import samplers
@@ -316,7 +316,7 @@ def check_volumes(path: Path, protocol: Protocol) -> None:
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    io.atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    files.atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_volumes(path: Path, rows: list[dict]) -> None:
@@ -511,14 +511,14 @@ def run(
     """Segments every input into `output`.
 
     Before any file is read: the settings (`Segmenter`), the output folder (created if
-    needed, `io.make_output_dir`) and an existing volumes.csv there (`check_volumes`); a problem
+    needed, `files.make_output_dir`) and an existing volumes.csv there (`check_volumes`); a problem
     is an InputError/ValueError. Then per file: its outputs and the updated volumes.csv are
     staged and committed together (`Staging`); a failing file is logged, its earlier outputs
     and volumes.csv row stay as they were, and the batch goes on. Returns (done, failures
     as (path, message)).
     """
     segmenter = Segmenter(model, opts)  # checks the settings before anything is written
-    out = io.make_output_dir(output)
+    out = files.make_output_dir(output)
     table = out / "volumes.csv"
     check_volumes(table, model.protocol)
     key = jax.random.key(opts.seed)

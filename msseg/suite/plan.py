@@ -345,10 +345,10 @@ def evaluate(s: Settings, job: EvalJob) -> None:
 def run_suite(s: Settings) -> list[Path]:
     """Trains the arms the chosen experiments need, runs their evaluations, and writes the
     results (msseg.suite.results). Returns the results.json files written."""
-    from msseg import io  # noqa: PLC0415
+    from msseg import files  # noqa: PLC0415
     from msseg.suite import results  # noqa: PLC0415
 
-    io.make_output_dir(s.out)  # InputError (a ValueError) naming it before any work
+    files.make_output_dir(s.out)  # InputError (a ValueError) naming it before any work
     jobs = eval_jobs(s)
     needed = {j.arm for j in jobs}
     for arm in arms(s):  # ms_mixed first: three experiments read it

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from msseg import io
+from msseg import files
 from msseg.data import pipeline, preprocess
 from msseg.diffusion import losses, samplers
 from msseg.diffusion import schedule as sch
@@ -296,7 +296,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     mesh = sharding.make_mesh(tc.mesh_data, tc.mesh_space)
     sharding.check_batch(config.data.pipeline.batch_size, mesh)
     workdir = Path(workdir).absolute()
-    io.make_output_dir(workdir)
+    files.make_output_dir(workdir)
     cache = ensure_cache(config, workdir)
     setup = build_setup(config, cache)
     tcfg, pcfg = setup.train, setup.pipeline

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from msseg.io import atomic_write
+from msseg.files import atomic_write
 
 
 def is_main() -> bool:
