@@ -237,8 +237,8 @@ def write_directory(output: str | os.PathLike, write_files) -> Path:
     refused. Entries of an existing model directory that its metadata does not list (files
     a user added) are copied into the new one, outside the checksums."""
     out = Path(output).absolute()
-    check_replaceable(out)
-    foreign = _foreign_entries(out)
+    check_output_dir(out)
+    foreign = _foreign_entries(out)  # refuses what is not ours (see check_replaceable)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
