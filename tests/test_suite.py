@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT / "tools"))  # the suite's package, tools/harness
 FOLDERS = ("multiscale_vs_single", "lowres_entry", "diffusion_vs_deterministic", "cost_vs_quality")
 
 
@@ -76,7 +77,7 @@ def _table_numbers_from(readme: Path, res: dict, first: int, last: int | None = 
 
 
 def test_paired_differences_use_only_the_cases_both_arms_scored():
-    from msseg.suite.results import paired
+    from harness.summaries import paired
 
     a = {"case_dice": {"c1": 0.80, "c2": 0.70, "c3": 0.90, "only_a": 0.1}}
     b = {"case_dice": {"c1": 0.75, "c2": 0.72, "c3": 0.84}}
@@ -90,16 +91,16 @@ def test_paired_differences_use_only_the_cases_both_arms_scored():
 
 
 def test_published_commands_name_repo_paths_relative_to_the_repo():
-    from msseg.suite.plan import ROOT as repo
-    from msseg.suite.plan import shown
+    from harness.paths import ROOT as repo
+    from harness.paths import shown
 
     cmd = [sys.executable, "tools/train.py", f"--workdir={repo / 'runs' / 'a'}", "--out=/else/x"]
     assert shown(cmd) == "python tools/train.py --workdir=runs/a --out=/else/x"
 
 
 def test_a_training_seed_reaches_every_arm_and_the_published_command(tmp_path):
-    from msseg.suite.plan import Settings, arms
-    from msseg.suite.results import suite_command
+    from harness.plan import Settings, arms
+    from harness.results import suite_command
 
     base = Settings(out=tmp_path, results=tmp_path, date="d")
     seeded = Settings(out=tmp_path, results=tmp_path, date="d", seed=1)
@@ -179,8 +180,9 @@ def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_pa
 
 
 def test_the_recipe_experiment_trains_each_recipe_at_two_seeds_on_one_cache(tmp_path):
-    from msseg.suite.plan import DEFAULT_EXPERIMENTS, Settings, arms, eval_jobs
-    from msseg.suite.results import suite_command
+    from harness.plan import Settings, arms, eval_jobs
+    from harness.registry import DEFAULT_EXPERIMENTS
+    from harness.results import suite_command
 
     s = Settings(out=tmp_path, results=tmp_path, date="d", seed=3, experiments=("recipe",))
     a = arms(s)
@@ -229,7 +231,8 @@ def test_quick_recipe_experiment_writes_its_verdict_from_the_evaluations(tmp_pat
 
 
 def test_the_screen_switches_each_recipe_part_at_a_reduced_budget(tmp_path):
-    from msseg.suite.plan import SCREEN, Settings, arm_steps, arms, eval_jobs
+    from harness.design import SCREEN
+    from harness.plan import Settings, arm_steps, arms, eval_jobs
 
     s = Settings(out=tmp_path, results=tmp_path, date="d", steps=1000, experiments=("screen",))
     a = arms(s)
@@ -247,7 +250,7 @@ def test_the_screen_switches_each_recipe_part_at_a_reduced_budget(tmp_path):
 
 @pytest.mark.slow
 def test_quick_screen_writes_each_arm_against_the_deterministic_one(tmp_path, tiny_mni_cache):
-    from msseg.suite.plan import SCREEN
+    from harness.design import SCREEN
 
     out, results, readme = _quick_experiment(tmp_path, tiny_mni_cache, "screen")
     res = json.loads((results / "2000-01-01_recipe_changes_screen" / "results.json").read_text())

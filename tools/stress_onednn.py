@@ -25,10 +25,10 @@ flags.DEFINE_integer("seed", 0, "Shuffles each thread's order of the shapes.")
 
 def main(argv):
     del argv
-    import jax.numpy as jnp  # noqa: PLC0415 - after absl parsed the flags
+    import jax.numpy as jnp  # after absl parsed the flags
+    from harness.results import machine
 
-    from msseg.models import onednn, onednn_check  # noqa: PLC0415
-    from msseg.suite.results import machine  # noqa: PLC0415
+    from msseg.models import onednn, onednn_check
 
     if not onednn.available():
         sys.exit(f"stress_onednn: the oneDNN convolution is unavailable: {onednn.reason()}")

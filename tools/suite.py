@@ -4,8 +4,9 @@ deterministic baseline, sampler cost vs quality, on the test split of the embedd
   python tools/suite.py --out=runs/suite --readme=README.md     # the full suite (hours here)
   python tools/suite.py --out=/tmp/suite --quick                # CI-sized (tiny config)
 
-Trains the four arms (msseg/suite/plan.py), exports them, runs tools/evaluate.py for every
-setting, and writes experiments/<date>_<name>/{results.json, <name>.png, README.md} per
+Trains the arms the experiments need (tools/harness/: the experiments in registry.py, their
+arms and evaluations in design.py), exports them, runs tools/evaluate.py for every setting,
+and writes experiments/<date>_<name>/{results.json, <name>.png, README.md} per
 experiment plus experiments/<date>_suite/{table.md, suite.json}; with --readme, the block
 between `<!-- suite:begin -->` and `<!-- suite:end -->` gets the tables. Rerunning resumes:
 finished training and evaluations are kept.
@@ -16,6 +17,8 @@ import sys
 from pathlib import Path
 
 from absl import app, flags
+from harness import plan, results
+from harness.registry import DEFAULT_EXPERIMENTS, EXPERIMENTS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Run folder (workdirs, evaluation reports, logs).")
@@ -34,10 +37,10 @@ flags.DEFINE_list("ddim_steps", [], "DDIM steps swept, with 10 (default 5,10,25,
 flags.DEFINE_list("ensembles", [], "Ensemble sizes swept, with 1 (default 1,4,8; quick 1,2).")
 flags.DEFINE_list(
     "experiments",
-    ["multiscale", "lowres", "diffusion", "cost"],
-    "Experiments to run: some of multiscale, lowres, diffusion, cost, and the opt-in recipe "
-    "(the config's diffusion recipe vs the deterministic U-Net with the same loss, two seeds) "
-    "and screen (each recipe change at 40 % of the steps, one seed).",
+    list(DEFAULT_EXPERIMENTS),
+    f"Experiments to run: some of {', '.join(DEFAULT_EXPERIMENTS)}, and the opt-in "
+    + " and ".join(f"{e.name} ({e.opt_in})" for e in EXPERIMENTS.values() if not e.default)
+    + ".",
 )
 flags.DEFINE_integer("seed", 0, "Training seed of every arm (config.seed).")
 flags.DEFINE_string("readme", None, "README whose results block gets the tables.")
@@ -47,11 +50,9 @@ flags.mark_flag_as_required("out")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from msseg.suite import plan  # noqa: PLC0415
-
     out = Path(FLAGS.out).resolve()
     root = Path(__file__).resolve().parents[1]
-    results = (
+    results_dir = (
         Path(FLAGS.results)
         if FLAGS.results
         else (out / "experiments" if FLAGS.quick else root / "experiments")
@@ -59,7 +60,7 @@ def main(argv):
     try:
         settings = plan.Settings(
             out=out,
-            results=results.resolve(),
+            results=results_dir.resolve(),
             date=FLAGS.date or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
             quick=FLAGS.quick,
             data=FLAGS.data,
@@ -73,7 +74,7 @@ def main(argv):
             readme=Path(FLAGS.readme).resolve() if FLAGS.readme else None,
             python=sys.executable,
         )
-        written = plan.run_suite(settings)
+        written = results.write_all(settings, plan.run_suite(settings))
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"suite: {e}") from None
     for path in written:

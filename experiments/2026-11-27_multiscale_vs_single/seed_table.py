@@ -9,10 +9,11 @@ import json
 import sys
 from pathlib import Path
 
-from msseg.suite.plan import Settings
-from msseg.suite.results import extract, paired
-
 HERE = Path(__file__).resolve().parent
+sys.path.append(str(HERE.parents[1] / "tools"))  # the suite's package, tools/harness
+
+from harness.plan import Settings  # noqa: E402
+from harness.summaries import extract, paired  # noqa: E402
 
 
 def _final_val(workdir: Path) -> float:

@@ -1,0 +1,157 @@
+"""The suite's training arms and evaluations, in the order they run, and which evaluations each
+experiment reads.
+
+The default experiments share four models, trained with the same config, seed and steps,
+differing only where the question needs it:
+
+- `ms_mixed`: multiscale deep supervision, patches entering at depth 0 or 1 (p = 0.75 /
+  0.25); the main model (lower-resolution entry, the samplers' costs, diffusion);
+- `ms_full`: multiscale deep supervision, depth-0 entry only;
+- `single`: as `ms_full` with only the depth-0 output supervised (depth weights 1, 0, ...):
+  the same parameters and steps as a single-output U-Net;
+- `det_mixed`: as `ms_mixed`, trained as a deterministic segmenter (no diffusion).
+
+The `recipe` experiment trains the config's diffusion recipe and the same U-Net as a
+deterministic segmenter with the same cross-entropy + Dice loss, at two seeds each:
+`recipe_diff_s<seed>` and `recipe_det_s<seed>`. The `screen` experiment trains one seed of each
+recipe change alone and in the combinations that led to the default, at 40 % of the steps
+(`SCREEN`).
+
+An evaluation runs once, whichever experiments read it; the plan runs only the evaluations
+the chosen experiments read, and trains only the arms those evaluate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the plan imports this module
+    from harness.plan import Settings
+
+# The screen's arms: flags on top of the config (whose diffusion defaults are the chosen
+# recipe: logits, CE + Dice, recycling, training at DDIM-5's timesteps). Each switches the
+# recipe's parts off or on; `x0` is the original recipe.
+_ALL_T = "--config.diffusion.train_timesteps=all"
+_NO_REC = "--config.diffusion.recycle_prob=0.0"
+_DDIM10 = "--config.sampler.steps=10"
+DETERMINISTIC = ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"]
+SCREEN = {
+    "det": DETERMINISTIC,
+    "x0": [
+        "--config.diffusion.target=x0",
+        "--config.diffusion.mse_weight=1.0",
+        "--config.diffusion.ce_weight=0.0",
+        "--config.diffusion.dice_weight=0.0",
+        _ALL_T,
+        _NO_REC,
+        _DDIM10,
+    ],
+    "logits": [_ALL_T, _NO_REC, _DDIM10],
+    "logits_fs": [_NO_REC, _DDIM10],
+    "logits_rec": [_ALL_T, _DDIM10],
+    "logits_rec_fs": [_DDIM10],
+    "recipe": [],
+    "recipe_b03": ["--config.diffusion.signal_scale=0.3"],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalJob:
+    name: str  # report folder eval/<name>
+    arm: str
+    flags: tuple[str, ...]  # tools/evaluate.py flags beyond the shared ones
+
+
+def _tuple(values) -> str:
+    return "(" + "".join(f"{v}," for v in values) + ")"
+
+
+def all_arms(s: Settings) -> dict[str, list[str]]:
+    """Training flags of every arm (tools/train.py, after --config and --workdir), in the order
+    they are trained (ms_mixed first: three experiments read it)."""
+    mixed = ["--config.train.entry_depths=(0,1,)", "--config.train.entry_probs=(0.75,0.25,)"]
+    full = [
+        "--config.train.entry_depths=(0,)",
+        "--config.train.entry_probs=()",
+        "--config.train.val_depths=(0,)",
+    ]
+    single = [1.0] + [0.0] * (s.num_depths - 1)
+    # the recipe and screen arms share one preprocessed cache (the others each build
+    # <workdir>/cache)
+    cache = f"--config.data.cache={s.out / 'cache'}"
+    arms = {
+        "ms_mixed": [*s.base_flags(), *mixed],
+        "ms_full": [*s.base_flags(), *full],
+        "single": [*s.base_flags(), *full, f"--config.diffusion.depth_weights={_tuple(single)}"],
+        "det_mixed": [*s.base_flags(), *mixed, *DETERMINISTIC],
+    }
+    for name, flags in SCREEN.items():
+        arms[f"screen_{name}"] = [*s.base_flags(steps=s.screen_steps), cache, *flags]
+    for seed in s.recipe_seeds:
+        arms[f"recipe_diff_s{seed}"] = [*s.base_flags(seed), cache]
+        arms[f"recipe_det_s{seed}"] = [*s.base_flags(seed), cache, *DETERMINISTIC]
+    return arms
+
+
+def all_evaluations(s: Settings) -> list[EvalJob]:
+    """Every evaluation; an arm's run in this order as soon as it is trained."""
+    jobs = [
+        EvalJob("single", "single", ()),
+        EvalJob("ms_full", "ms_full", ()),
+        EvalJob("ms_full_input4x", "ms_full", ("--input_depth=1",)),
+        EvalJob("ms_mixed_ddim10", "ms_mixed", ("--sampler=ddim", "--steps=10")),
+        EvalJob("ms_mixed_depth1", "ms_mixed", ("--depths=1",)),
+        EvalJob("det_mixed", "det_mixed", ()),
+    ]
+    for n in s.ddim_sweep:
+        if n != 10:
+            jobs.append(
+                EvalJob(f"ms_mixed_ddim{n}", "ms_mixed", ("--sampler=ddim", f"--steps={n}"))
+            )
+    for e in s.ensemble_sweep:
+        if e != 1:
+            flags = ("--sampler=ddim", "--steps=10", f"--ensemble={e}")
+            jobs.append(EvalJob(f"ms_mixed_ens{e}", "ms_mixed", flags))
+    jobs += [
+        EvalJob("ms_mixed_multiscale", "ms_mixed", ("--sampler=multiscale",)),
+        EvalJob("ms_mixed_ddpm", "ms_mixed", ("--sampler=ddpm", f"--max_cases={s.ddpm_cases}")),
+    ]
+    jobs += [EvalJob(f"screen_{name}", f"screen_{name}", ()) for name in SCREEN]
+    for seed in s.recipe_seeds:
+        # the config's own sampler (DDIM with its steps)
+        jobs.append(EvalJob(f"recipe_diff_s{seed}", f"recipe_diff_s{seed}", ()))
+        jobs.append(EvalJob(f"recipe_det_s{seed}", f"recipe_det_s{seed}", ()))
+    return jobs
+
+
+# ------------------------------------------------------------ the evaluations each one reads
+
+
+def multiscale(s: Settings) -> list[str]:
+    return ["single", "ms_full"]
+
+
+def lowres(s: Settings) -> list[str]:
+    return ["ms_full", "ms_full_input4x", "ms_mixed_ddim10", "ms_mixed_depth1"]
+
+
+def diffusion(s: Settings) -> list[str]:
+    """The deterministic model and the diffusion ensembles (DDIM-10 alone is the ensemble of 1)."""
+    ensembles = [f"ms_mixed_ens{e}" for e in s.ensemble_sweep if e != 1]
+    return ["ms_mixed_ddim10", "det_mixed", *ensembles]
+
+
+def cost(s: Settings) -> list[str]:
+    """Every sampler setting of the main model."""
+    names = [f"ms_mixed_ddim{n}" for n in sorted(s.ddim_sweep)]
+    names += [f"ms_mixed_ens{e}" for e in sorted(s.ensemble_sweep) if e != 1]
+    return [*names, "ms_mixed_multiscale", "ms_mixed_ddpm"]
+
+
+def recipe(s: Settings) -> list[str]:
+    return [f"recipe_{kind}_s{seed}" for seed in s.recipe_seeds for kind in ("diff", "det")]
+
+
+def screen(s: Settings) -> list[str]:
+    return [f"screen_{name}" for name in SCREEN]

@@ -1,0 +1,229 @@
+"""The experiment suite's plan: its settings, the arms and evaluations the chosen experiments
+need, and running them resumably.
+
+Every step runs a project binary (tools/train.py, export.py, evaluate.py) as a subprocess,
+with its command line logged and stored. A step whose output exists is skipped (training
+resumes from its last checkpoint), so an interrupted suite reruns where it stopped. The arms
+and evaluations are in design.py, the experiments in registry.py; writing the results is
+results.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import runpy
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import logging
+
+from harness import design
+from harness.design import EvalJob
+from harness.paths import ROOT, shown
+from harness.registry import DEFAULT_EXPERIMENTS, EXPERIMENTS
+from msseg import files
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the suite runs. `quick`: the tiny config, a few steps, one test case."""
+
+    out: Path  # run folder: <arm>/ workdirs, eval/<job>/ reports, commands.log
+    results: Path  # experiments/ folder the results go to
+    date: str  # prefix of the experiment folders
+    quick: bool = False
+    data: str = "mni152"
+    steps: int = 0  # 0 = the mode's default
+    max_cases: int = 0  # test cases evaluated (0 = all)
+    ddpm_cases: int = 1  # test cases DDPM-1000 is run on (the first ones)
+    ddim_steps: tuple[int, ...] = ()  # () = (5, 10, 25, 50), or (5, 10) quick
+    ensembles: tuple[int, ...] = ()  # () = (1, 4, 8), or (1, 2) quick
+    experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
+    seed: int = 0  # training seed of every arm (config.seed)
+    readme: Path | None = None  # README whose results block is replaced
+    python: str = sys.executable
+
+    def __post_init__(self):
+        bad = set(self.experiments) - set(EXPERIMENTS)
+        if bad or not self.experiments:
+            raise ValueError(
+                f"experiments must be some of {tuple(EXPERIMENTS)}, got {self.experiments}"
+            )
+        if 10 not in self.ddim_sweep or 1 not in self.ensemble_sweep:
+            raise ValueError("the sweeps must include DDIM-10 and an ensemble of 1 (the reference)")
+
+    @property
+    def ddim_sweep(self) -> tuple[int, ...]:
+        return self.ddim_steps or ((5, 10) if self.quick else (5, 10, 25, 50))
+
+    @property
+    def ensemble_sweep(self) -> tuple[int, ...]:
+        return self.ensembles or ((1, 2) if self.quick else (1, 4, 8))
+
+    @property
+    def screen_steps(self) -> int:
+        """The screen's reduced budget: 40 % of the training steps."""
+        return max(1, round(0.4 * self.train_steps))
+
+    @property
+    def recipe_seeds(self) -> tuple[int, ...]:
+        """The recipe experiment's training seeds: `seed` and the next one."""
+        return (self.seed, self.seed + 1)
+
+    @property
+    def config(self) -> str:
+        return "configs/tiny.py" if self.quick else "configs/quickstart.py"
+
+    @property
+    def num_depths(self) -> int:
+        """The depths of the config's model (the outputs a depth-weight tuple covers)."""
+        config = runpy.run_path(str(ROOT / self.config))["get_config"]()
+        return len(config.model.channels)
+
+    @property
+    def train_steps(self) -> int:
+        return self.steps or (3 if self.quick else 3000)
+
+    @property
+    def cases(self) -> int:
+        return self.max_cases or (1 if self.quick else 0)
+
+    def base_flags(self, seed: int | None = None, steps: int | None = None) -> list[str]:
+        """Flags every arm shares (on top of the config file); `seed` and `steps` override
+        `self.seed` and `train_steps`."""
+        seed = self.seed if seed is None else seed
+        steps = steps or self.train_steps
+        flags = [
+            f"--config.data.spec={self.data}",
+            f"--config.train.steps={steps}",
+            "--config.train.eval_every=0",
+            f"--config.train.checkpoint_every={max(1, min(250, steps // 4))}",
+        ]
+        if self.quick:  # DDPM over 20 steps instead of 1000: the same code, CI-sized
+            flags.append("--config.diffusion.num_timesteps=20")
+        if seed:
+            flags.append(f"--config.seed={seed}")
+        return flags
+
+
+def eval_jobs(s: Settings) -> list[EvalJob]:
+    """The evaluations the chosen experiments read (each runs once, whoever reads it)."""
+    read = {job for name in s.experiments for job in EXPERIMENTS[name].evaluations(s)}
+    jobs = [j for j in design.all_evaluations(s) if j.name in read]
+    if missing := read - {j.name for j in jobs}:
+        raise ValueError(f"no evaluation(s) {sorted(missing)} in design.all_evaluations")
+    return jobs
+
+
+def arms(s: Settings) -> dict[str, list[str]]:
+    """Training flags of the arms the chosen experiments' evaluations need (tools/train.py,
+    after --config and --workdir), in training order."""
+    needed = {j.arm for j in eval_jobs(s)}
+    return {arm: flags for arm, flags in design.all_arms(s).items() if arm in needed}
+
+
+def _run(s: Settings, cmd: list[str], log_name: str) -> float:
+    """Runs a project binary from the repo root; returns its wall time. Logs the command to
+    commands.log and its output to logs/<log_name>.log; a failure raises with the log's tail."""
+    s.out.mkdir(parents=True, exist_ok=True)
+    (s.out / "logs").mkdir(exist_ok=True)
+    line = shown(cmd)
+    with open(s.out / "commands.log", "a") as f:
+        f.write(line + "\n")
+    logging.info("suite: %s", line)
+    log = s.out / "logs" / f"{log_name}.log"
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=_env())
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"{line} failed ({proc.returncode}); end of {log}:\n{tail}")
+    return seconds
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # keep freed activations in the heap (WORKSPACE.md, Precision/Allocator)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "1073741824")
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", "4294967296")
+    return env
+
+
+def train_commands(s: Settings, arm: str) -> list[list[str]]:
+    workdir = s.out / arm
+    return [
+        [
+            s.python,
+            "tools/train.py",
+            f"--config={s.config}",
+            f"--workdir={workdir}",
+            *arms(s)[arm],
+        ],
+        [s.python, "tools/export.py", f"--workdir={workdir}", f"--output={workdir / 'model'}"],
+    ]
+
+
+def eval_command(s: Settings, job: EvalJob) -> list[str]:
+    flags = list(job.flags)
+    if s.cases and not any(f.startswith("--max_cases=") for f in flags):
+        flags.append(f"--max_cases={s.cases}")
+    return [
+        s.python,
+        "tools/evaluate.py",
+        f"--model={s.out / job.arm / 'model'}",
+        f"--data={s.data}",
+        "--split=test",
+        f"--output={s.out / 'eval' / job.name}",
+        "--overlap=0.25",
+        "--batch=2",
+        "--seed=0",
+        "--worst=0",
+        *flags,
+    ]
+
+
+def arm_steps(s: Settings, arm: str) -> int:
+    """The training steps of an arm: its --config.train.steps (the screen's are fewer)."""
+    prefix = "--config.train.steps="
+    return int(next(f for f in arms(s)[arm] if f.startswith(prefix)).removeprefix(prefix))
+
+
+def train_arm(s: Settings, arm: str) -> None:
+    """Trains (or resumes) and exports one arm; its wall times go to <arm>/suite_train.json."""
+    record = s.out / arm / "suite_train.json"
+    done = json.loads(record.read_text()) if record.exists() else {"train_s": [], "export_s": 0}
+    steps = arm_steps(s, arm)
+    if done.get("steps") == steps and (s.out / arm / "model" / "metadata.json").exists():
+        logging.info("suite: %s is trained and exported (%s)", arm, record)
+        return
+    train_cmd, export_cmd = train_commands(s, arm)
+    done["train_s"].append(round(_run(s, train_cmd, f"train_{arm}"), 1))
+    done["export_s"] = round(_run(s, export_cmd, f"export_{arm}"), 1)
+    done["steps"] = steps
+    done["commands"] = [shown(c) for c in (train_cmd, export_cmd)]
+    record.write_text(json.dumps(done, indent=1) + "\n")
+
+
+def evaluate(s: Settings, job: EvalJob) -> None:
+    if (s.out / "eval" / job.name / "summary.json").exists():
+        logging.info("suite: evaluation %s is done", job.name)
+        return
+    _run(s, eval_command(s, job), f"eval_{job.name}")
+
+
+def run_suite(s: Settings) -> list[EvalJob]:
+    """Trains the arms the chosen experiments need and runs their evaluations; returns the
+    evaluations (results.write_all writes the results from their reports)."""
+    files.make_output_dir(s.out)  # InputError (a ValueError) naming it before any work
+    jobs = eval_jobs(s)
+    for arm in arms(s):
+        train_arm(s, arm)
+        for job in jobs:  # each arm's evaluations as soon as it is trained
+            if job.arm == arm:
+                evaluate(s, job)
+    return jobs
