@@ -18,7 +18,6 @@ def get_config(arg=None):
     p = c.data.pipeline
     p.patch_size = (128, 128, 128)
     p.batch_size = 2
-    p.num_depths = 5
     p.num_workers = 8
     p.synth_prob = 0.2
     m = c.model

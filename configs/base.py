@@ -24,7 +24,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     p = c.data.pipeline = ml_collections.ConfigDict()
     p.patch_size = (64, 64, 64)
     p.batch_size = 2
-    p.num_depths = 4
     p.foreground_ratio = 0.67
     p.dataset_weights = ()  # patch share per dataset of a combined data.spec; () = per case
     p.flip_lr_prob = 0.5

@@ -13,7 +13,6 @@ def get_config(arg=None):
     p = c.data.pipeline
     p.patch_size = (96, 96, 96)
     p.batch_size = 4
-    p.num_depths = 4
     p.num_workers = 4
     m = c.model
     m.channels = (32, 64, 128, 256)

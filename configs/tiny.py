@@ -12,7 +12,6 @@ def get_config(arg=None):
     p = c.data.pipeline
     p.patch_size = (16, 16, 16)
     p.batch_size = 2
-    p.num_depths = 2
     p.num_threads = 1
     p.prefetch = 2
     m = c.model

@@ -1,14 +1,18 @@
-"""File utilities with no dependency beyond the standard library: checksums, atomic writes,
-and the output-folder checks every tool runs before any work."""
+"""File utilities with no dependency beyond the standard library: checksums, atomic writes (the
+one helper every writer of msseg uses), JSON records read back into frozen dataclasses, and the
+output-folder checks every tool runs before any work."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
+from msseg import names
 from msseg.errors import InputError
 
 PathLike = str | os.PathLike
@@ -24,16 +28,39 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``
-    (a crash leaves the old file or none, never half a file)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    """Call ``write(tmp)`` on a temporary file next to ``path`` (hidden, same suffix:
+    `names.temporary`), then rename it over ``path``: a crash leaves the old file or none,
+    never half a file."""
+    tmp = str(names.temporary(os.path.abspath(path)))
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """`text` into `path` atomically (`atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path: PathLike, obj: Any, indent: int | None = 1) -> None:
+    """`obj` as JSON (with a final newline) into `path` atomically."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+T = TypeVar("T")
+
+
+def from_json(cls: type[T], record: Mapping[str, Any]) -> T:
+    """The frozen dataclass `cls` of a JSON record (its `dataclasses.asdict`): lists become the
+    tuples the dataclass holds. An unknown key is a TypeError naming it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(record) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
 
 
 def check_output_dir(output: PathLike) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import uuid
 import zlib
 from collections.abc import Sequence
 
@@ -22,6 +21,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from scipy import ndimage
 
+from msseg import files, names
 from msseg.errors import InputError
 
 PathLike = str | os.PathLike
@@ -257,13 +257,11 @@ def check_same_grid(image: Volume, label: Volume, atol: float = 1e-3) -> None:
 def _write(path: PathLike, data: np.ndarray, source: SourceGeometry) -> None:
     """Write ``data`` [X0, Y0, Z0] (file order, final dtype) with the source's geometry.
 
-    Written to a temporary file in the same folder and renamed over ``path``, so a crash
-    never leaves a half-written output.
+    Written atomically (`files.atomic_write`): a crash never leaves a half-written output.
     """
     path = os.fspath(path)
-    suffix = ".nii.gz" if path.endswith(".nii.gz") else ".nii"
-    if not path.endswith(suffix):
-        raise ValueError(f"{path}: output must end in .nii or .nii.gz")
+    if not path.endswith(names.WRITE_SUFFIXES):
+        raise ValueError(f"{path}: output must end in {' or '.join(names.WRITE_SUFFIXES)}")
     header = source.header.copy()
     header.set_data_dtype(data.dtype)
     img = nib.Nifti1Image(data, source.affine, header)
@@ -272,14 +270,7 @@ def _write(path: PathLike, data: np.ndarray, source: SourceGeometry) -> None:
     img.set_sform(source.affine if sform is None else sform, int(scode))
     img.set_qform(source.affine if qform is None else qform, int(qcode))
     img.header.set_slope_inter(1.0, 0.0)
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name[: -len(suffix)]}.{uuid.uuid4().hex}.tmp{suffix}")
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    files.atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 def _label_dtype(lo: int, hi: int) -> np.dtype:

@@ -42,15 +42,14 @@ def tiny_export_config(cache, steps: int = 3):
 def tiny_mni_cache(tmp_path_factory):
     """A small embedded set (2 train / 1 val / 1 test at 4 mm) preprocessed at 4 mm."""
     from msseg.data import datasets, mni152, preprocess
+    from msseg.data.prepare import PreprocessConfig
 
     root = tmp_path_factory.mktemp("mni")
     cfg = mni152.SynthConfig(counts=(3, 1, 1), spacing=4.0)
     folder = mni152.build(cfg, cache=root / "cache", workers=2)
     dataset = datasets.resolve(folder)
     out = root / "prep"
-    preprocess.preprocess_dataset(
-        dataset, out, preprocess.PreprocessConfig(spacing=(4.0, 4.0, 4.0))
-    )
+    preprocess.preprocess_dataset(dataset, out, PreprocessConfig(spacing=(4.0, 4.0, 4.0)))
     return out
 
 

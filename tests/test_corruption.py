@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from msseg import names
 from msseg.errors import InputError
 
 TRIALS = int(os.environ.get("MSSEG_CORRUPTION_TRIALS", "24"))
@@ -201,8 +202,8 @@ def test_a_batch_of_corrupted_inputs_is_never_a_traceback_garbage_or_a_lost_file
     opts = predict.Options(cfg, batch=4)
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
-    names = [f"case{i:03d}" + (".nii.gz" if i % 2 else ".nii") for i in range(TRIALS)]
-    for name in names:  # first, good copies: every case has earlier outputs
+    cases = [f"case{i:03d}" + (".nii.gz" if i % 2 else ".nii") for i in range(TRIALS)]
+    for name in cases:  # first, good copies: every case has earlier outputs
         nib.save(nib.load(src), inputs / name)
     done, failures = predict.run(model, sorted(inputs.iterdir()), out, opts)
     assert len(done) == TRIALS and not failures
@@ -211,13 +212,13 @@ def test_a_batch_of_corrupted_inputs_is_never_a_traceback_garbage_or_a_lost_file
 
     rng = np.random.default_rng(1)
     kinds = {}
-    for name in names:
+    for name in cases:
         (inputs / name).unlink()
-        kinds[predict.output_name(name)] = _corrupt_input(src, inputs / name, rng)
+        kinds[names.stem(name)] = _corrupt_input(src, inputs / name, rng)
     done, failures = predict.run(model, sorted(inputs.iterdir()), out, opts)  # no raise
 
     outcomes = Counter()
-    failed = {predict.output_name(p): msg for p, msg in failures}
+    failed = {names.stem(p): msg for p, msg in failures}
     for case, kind in kinds.items():
         if case in failed:
             msg = failed[case]

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from msseg import names
 from msseg.data import datasets
 from msseg.errors import InputError
 from msseg.labels import IGNORE, get_protocol
@@ -230,12 +231,12 @@ def test_msd_case_ids_ending_in_four_digits(tmp_path):
     assert sorted(_by_id(datasets.resolve(root))) == ["sub_0001", "sub_0002"]
 
 
-def test_case_id_of():
-    assert datasets.case_id_of("/x/imagesTr/BRATS_001_0000.nii.gz", channel=True) == "BRATS_001"
-    assert datasets.case_id_of("/x/labelsTr/amos_0001.nii.gz") == "amos_0001"
-    assert datasets.case_id_of("labelsTr/BRATS_001.nii.gz") == "BRATS_001"
-    assert datasets.case_id_of("a/sub-01_T1w.nii") == "sub-01_T1w"
-    assert datasets.case_id_of("aseg.mgz") == "aseg"
+def test_a_case_id_is_the_file_name_without_its_volume_suffix():
+    assert names.stem("/x/imagesTr/BRATS_001_0000.nii.gz", channel=True) == "BRATS_001"
+    assert names.stem("/x/labelsTr/amos_0001.nii.gz") == "amos_0001"
+    assert names.stem("labelsTr/BRATS_001.nii.gz") == "BRATS_001"
+    assert names.stem("a/sub-01_T1w.nii") == "sub-01_T1w"
+    assert names.stem("aseg.mgz") == "aseg"
 
 
 # --------------------------------------------------------------------------- hash split

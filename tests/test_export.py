@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
 
+from msseg import files
 from msseg.errors import InputError
 from msseg.export import format as fmt
 
@@ -190,6 +192,51 @@ def test_metadata_is_checksummed_and_checked_against_the_params(exported, tmp_pa
     (bad / "metadata.json").write_text(json.dumps({**legacy, "format": 1}))
     with pytest.raises(InputError, match="format 1.*re-export"):
         model_lib.load_model(bad)
+    older = {**meta, "format_version": 2}
+    older["metadata_sha256"] = fmt.metadata_digest(older)
+    (bad / "metadata.json").write_text(json.dumps(older))
+    with pytest.raises(InputError, match="format 2 .*re-export"):
+        model_lib.load_model(bad)
+
+
+def test_a_models_facts_come_from_its_metadata_alone(exported, tmp_path):
+    """metadata.json holds what `setup.load_run(workdir).facts()` says about the run, and
+    inference reads nothing else: a config.json that says otherwise (checksums re-signed)
+    changes neither the loaded model nor its segmentation."""
+    import shutil
+
+    from msseg.inference import model as model_lib
+    from msseg.train import setup as setup_lib
+
+    workdir, model_dir, _ = exported
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    facts = setup_lib.load_run(workdir).facts()
+    assert {k: meta[k] for k in facts} == facts
+    assert meta["model"]["channels"] and "conv_impl" not in meta["model"]
+
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["channels"] = [7]
+    config["data"]["pipeline"]["patch_size"] = [5, 5, 5]
+    config["sampler"]["kind"] = "ddpm"
+    (other / "config.json").write_text(json.dumps(config))
+    meta["files"]["config.json"] = files.sha256_file(other / "config.json")
+    meta["metadata_sha256"] = fmt.metadata_digest(meta)
+    (other / "metadata.json").write_text(json.dumps(meta))
+    a = model_lib.load_model(model_dir, route="local")
+    b = model_lib.load_model(other, route="local")
+    assert (a.patch, a.num_depths, a.sampler_defaults) == (
+        b.patch,
+        b.num_depths,
+        b.sampler_defaults,
+    )
+    cfg = model_lib.sampler_config(a, steps=2)
+    image = jnp.asarray(np.random.default_rng(0).normal(size=(1, *a.patch, 1)), jnp.float32)
+    key = jax.random.key(0)
+    out_a = model_lib.segment_batch(a, cfg)(a.params, image, key)["probs"]
+    out_b = model_lib.segment_batch(b, cfg)(b.params, image, key)["probs"]
+    np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
 
 
 def test_sampler_settings_that_would_be_ignored_or_are_meaningless_are_refused(exported):
@@ -220,7 +267,7 @@ def test_sampler_settings_that_would_be_ignored_or_are_meaningless_are_refused(e
 )
 def test_exported_and_local_routes_give_the_same_segmentation(exported, kind, kw):
     from msseg import io
-    from msseg.data.preprocess import prepare_image
+    from msseg.data.prepare import prepare_image
     from msseg.inference import model as model_lib
     from msseg.inference import predict
 
@@ -246,7 +293,7 @@ def test_probabilities_map_back_onto_the_native_grid(exported, tmp_path, copy):
     """An oracle segmenter (the reference itself, resampled onto the model grid and one-hot)
     mapped back by `to_native` must reproduce the reference on the input's own grid."""
     from msseg import io
-    from msseg.data.preprocess import PreprocessConfig, prepare_image
+    from msseg.data.prepare import PreprocessConfig, prepare_image
     from msseg.inference import predict
     from msseg.labels import get_protocol
 
@@ -455,11 +502,12 @@ def test_training_validation_scores_what_evaluate_reports(exported, tmp_path):
     from msseg.inference import model as model_lib
     from msseg.inference import predict
     from msseg.train import checkpoint, loop
+    from msseg.train import setup as setup_lib
 
     workdir, model_dir, _ = exported
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     assert config.train.val_windows
-    setup = loop.build_setup(config, config.data.cache)
+    setup = setup_lib.build_setup(config, config.data.cache)
     _, ema, _ = checkpoint.restore_params(workdir)
     val = loop.make_validation(config, setup)(ema, jax.random.key(0))
 
@@ -479,22 +527,17 @@ def test_training_validation_scores_what_evaluate_reports(exported, tmp_path):
 def test_validation_without_the_raw_scans_segments_the_cache_grid(exported):
     """A run given only its cache (no raw files): validation windows the cache's arrays at
     each entry depth and scores them against the pooled cache labels."""
-    import ml_collections
 
-    from msseg.data import preprocess
     from msseg.inference import model as model_lib
-    from msseg.train import checkpoint, loop, validate
+    from msseg.train import checkpoint, validate
+    from msseg.train import setup as setup_lib
 
     workdir, _, _ = exported
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    setup = loop.build_setup(config, config.data.cache)
+    run = setup_lib.load_run(workdir)
+    config, setup = run.config, run.setup
     cases = validate.load_window_cases(config.data.cache, "val")
     assert cases and all(isinstance(c.image, np.ndarray) for c in cases)
-    manifest = preprocess.load_manifest(config.data.cache)
-    prep = preprocess.PreprocessConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
-    )
-    model = model_lib.in_memory(config.to_dict(), setup.protocol, prep, None)
+    model = model_lib.in_memory(run.facts(), setup.protocol, None)
     validator = validate.WindowValidator(model, setup.sampler, (0, 1), 0.25, 2)
     _, ema, _ = checkpoint.restore_params(workdir)
     val = validator(ema, cases, jax.random.key(0))

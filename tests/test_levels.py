@@ -144,7 +144,7 @@ def _native_probs_by_full_grid(probs, prepared, volume):
 
 
 def test_to_native_decides_top_down_on_interpolated_probabilities(tmp_path, monkeypatch):
-    from msseg.data.preprocess import PreprocessConfig, prepare_image
+    from msseg.data.prepare import PreprocessConfig, prepare_image
 
     volume = _volume(tmp_path)
     prepared, _ = prepare_image(volume, PreprocessConfig(spacing=(3.0, 3.0, 3.0)))

@@ -1,6 +1,6 @@
 """sample.py's output folder: reruns, failures, volumes.csv and unusable --output paths.
 
-A tiny deterministic model with random params (`model_lib.from_config`) segments tiny real
+A tiny deterministic model with random params (`msseg.train.setup.random_model`) segments tiny real
 NIfTI scans through `predict.run`: the outputs are what matters here, not their quality.
 """
 
@@ -15,6 +15,7 @@ import pytest
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
 from msseg.inference import predict
+from msseg.train import setup as setup_lib
 
 ROOT = Path(__file__).parents[1]
 
@@ -23,7 +24,7 @@ ROOT = Path(__file__).parents[1]
 def model():
     c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
     c.model.diffusion = False  # one forward pass per window
-    return model_lib.from_config(c.to_dict())
+    return setup_lib.random_model(c.to_dict())
 
 
 def _scan(path: Path) -> Path:
@@ -92,7 +93,7 @@ def test_staging_renames_only_when_every_file_was_written(tmp_path):
     with predict.Staging() as stage:
         stage.stale.append(tmp_path / "stale.txt")
         tmp = stage.path(tmp_path / "x_seg.nii.gz")
-        assert tmp.name.startswith(".x_seg.nii.gz.") and tmp.name.endswith(".tmp.nii.gz")
+        assert tmp.name.startswith(".x_seg.") and tmp.name.endswith(".tmp.nii.gz")
         tmp.write_bytes(b"new")
         stage.commit()
     assert _contents(tmp_path) == {"a.txt": b"old a", "b.txt": b"old b", "x_seg.nii.gz": b"new"}

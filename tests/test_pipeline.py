@@ -10,7 +10,7 @@ import pytest
 from msseg import labels as labels_lib
 from msseg.data import augment, pipeline
 
-CFG = pipeline.PipelineConfig(patch_size=(16, 16, 16), batch_size=2, num_depths=3, num_threads=1)
+CFG = pipeline.PipelineConfig(patch_size=(16, 16, 16), batch_size=2, num_threads=1)
 ONE = grain.sharding.NoSharding()
 
 
@@ -162,7 +162,6 @@ def test_foreground_ratio_one_centres_on_labels(tiny_mni_cache):
     cfg = pipeline.PipelineConfig(
         patch_size=(8, 8, 8),
         batch_size=4,
-        num_depths=2,
         foreground_ratio=1.0,
         spatial_prob=0.0,
         flip_lr_prob=0.0,
@@ -177,9 +176,7 @@ def test_foreground_ratio_one_centres_on_labels(tiny_mni_cache):
 
 @pytest.mark.slow
 def test_multiprocess_workers_match_shapes_and_resume(tiny_mni_cache, tmp_path):
-    cfg = pipeline.PipelineConfig(
-        patch_size=(16, 16, 16), batch_size=2, num_depths=3, num_workers=2
-    )
+    cfg = pipeline.PipelineConfig(patch_size=(16, 16, 16), batch_size=2, num_workers=2)
     make = lambda: iter(pipeline.make_dataset(str(tiny_mni_cache), "train", cfg, seed=5, shard=ONE))
     it = make()
     take(it, 2)

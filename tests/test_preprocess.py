@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from msseg import io
-from msseg.data import datasets, preprocess
+from msseg.data import datasets, prepare, preprocess
 from msseg.errors import InputError
 from msseg.labels import IGNORE, get_protocol
 
@@ -31,7 +31,7 @@ CASES = {
     "las": ((-1, 1, 1), (1.0, 1.0, 1.0), (-4.0, 4.0, -2.0)),
     "lps_aniso": ((-1, -1, 1), (1.0, 1.0, 2.0), (5.0, -3.0, 2.0)),
 }
-CFG = preprocess.PreprocessConfig(spacing=(2.0, 2.0, 2.0), margin_mm=4.0)
+CFG = prepare.PreprocessConfig(spacing=(2.0, 2.0, 2.0), margin_mm=4.0)
 
 
 def _affine(signs, zooms) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -116,20 +116,18 @@ def done(tmp_path_factory):
 def test_otsu_threshold_separates_two_modes():
     rng = np.random.default_rng(0)
     low, high = rng.normal(10, 1, 5000), rng.normal(50, 3, 2000)
-    t = preprocess.otsu_threshold(np.concatenate([low, high]))
+    t = prepare.otsu_threshold(np.concatenate([low, high]))
     assert low.max() < t < high.min()
-    assert preprocess.otsu_threshold(np.concatenate([low, high]) * 2 - 7) == pytest.approx(
-        t * 2 - 7
-    )
+    assert prepare.otsu_threshold(np.concatenate([low, high]) * 2 - 7) == pytest.approx(t * 2 - 7)
     # Two overlapping modes: near the midpoint of the means.
     a, b = rng.normal(0, 1, 4000), rng.normal(4, 1, 4000)
-    assert preprocess.otsu_threshold(np.concatenate([a, b])) == pytest.approx(2.0, abs=0.2)
+    assert prepare.otsu_threshold(np.concatenate([a, b])) == pytest.approx(2.0, abs=0.2)
 
 
 def test_otsu_threshold_is_the_upper_edge_of_the_lower_class():
     rng = np.random.default_rng(0)
     low, high = rng.normal(-70, 3, 5000), rng.normal(50, 9, 200)  # separable
-    t = preprocess.otsu_threshold(np.concatenate([low, high]))
+    t = prepare.otsu_threshold(np.concatenate([low, high]))
     assert low.max() < t < high.min()
 
 
@@ -138,7 +136,7 @@ def test_head_mask_keeps_the_largest_component_and_fills_holes():
     image[5:25, 5:25, 5:25] = 100
     image[12:17, 12:17, 12:17] = 5  # a dark hole inside the head
     image[0:3, 0:3, 0:3] = 100  # a small bright blob elsewhere
-    mask = preprocess.head_mask(image)
+    mask = prepare.head_mask(image)
     expected = np.zeros(image.shape, bool)
     expected[5:25, 5:25, 5:25] = True
     np.testing.assert_array_equal(mask, expected)
@@ -147,9 +145,9 @@ def test_head_mask_keeps_the_largest_component_and_fills_holes():
 def test_crop_box():
     mask = np.zeros((10, 12, 8), bool)
     mask[3:6, 4, 2:7] = True
-    assert preprocess.crop_box(mask, np.array([1, 2, 3])) == ((2, 7), (2, 7), (0, 8))
-    assert preprocess.crop_box(mask, np.zeros(3, int)) == ((3, 6), (4, 5), (2, 7))
-    assert preprocess.crop_box(np.zeros((4, 5, 6), bool), np.ones(3, int)) == (
+    assert prepare.crop_box(mask, np.array([1, 2, 3])) == ((2, 7), (2, 7), (0, 8))
+    assert prepare.crop_box(mask, np.zeros(3, int)) == ((3, 6), (4, 5), (2, 7))
+    assert prepare.crop_box(np.zeros((4, 5, 6), bool), np.ones(3, int)) == (
         (0, 4),
         (0, 5),
         (0, 6),
@@ -163,14 +161,14 @@ def test_normalize():
     mask[5:15, 5:15, 5:15] = True
     image[mask] = rng.normal(200, 10, mask.sum())
     image[10, 10, 10] = 1e6  # an outlier, clipped at the 99.5th percentile
-    out = preprocess.normalize(image, mask, (0.5, 99.5))
+    out = prepare.normalize(image, mask, (0.5, 99.5))
     assert out.dtype == np.float32 and out.shape == image.shape
     assert abs(float(out[mask].mean())) < 1e-4
     assert float(out[mask].std()) == pytest.approx(1.0, abs=1e-4)
     assert out.max() < 5  # the outlier is clipped
     assert np.all(out[~mask] == out.min())  # the dark background clips to the low percentile
     # Without a mask: the whole volume.
-    whole = preprocess.normalize(image, np.zeros(image.shape, bool), (0.0, 100.0))
+    whole = prepare.normalize(image, np.zeros(image.shape, bool), (0.0, 100.0))
     assert abs(float(whole.mean())) < 1e-4 and float(whole.std()) == pytest.approx(1.0, abs=1e-4)
 
 
@@ -251,7 +249,7 @@ def test_image_is_normalised_inside_the_head(done):
         rec = manifest["cases"][case.case_id]
         cached = np.load(out / rec["files"]["image"])
         # The shared image path gives exactly the cached array, box and affine.
-        prepared, mask = preprocess.prepare_image(io.load_image(case.image), CFG)
+        prepared, mask = prepare.prepare_image(io.load_image(case.image), CFG)
         np.testing.assert_array_equal(prepared.image, cached)
         np.testing.assert_allclose(prepared.affine, rec["affine"])
         assert [list(b) for b in prepared.box] == rec["crop_box"]
@@ -266,7 +264,7 @@ def test_image_is_normalised_inside_the_head(done):
         assert abs(float(cached[head].mean())) < 0.1
         assert float(cached[head].std()) == pytest.approx(1.0, abs=0.1)
         # A mask recomputed on the normalised array (background clipped flat) lies inside.
-        again = preprocess.head_mask(cached)
+        again = prepare.head_mask(cached)
         assert not np.any(again & ~mask) and again.sum() > 0.8 * mask.sum()
 
 
@@ -276,7 +274,7 @@ def test_crop_box_keeps_every_labelled_voxel(done):
         rec = manifest["cases"][case.case_id]
         label = io.load_label(case.label)
         ids = dataset.protocol.encode(label.data)
-        prepared, _ = preprocess.prepare_image(io.load_image(case.image), CFG)
+        prepared, _ = prepare.prepare_image(io.load_image(case.image), CFG)
         full, _ = io.resample_label(
             ids, label.affine, CFG.spacing, mode="onehot", shape=prepared.resampled_shape
         )
@@ -289,7 +287,7 @@ def test_crop_box_keeps_every_labelled_voxel(done):
         source = io.load_image(case.image)
         data, _ = io.resample(source.data, source.affine, CFG.spacing)
         assert data.shape == full.shape
-        head = preprocess.head_mask(data)
+        head = prepare.head_mask(data)
         inside = np.zeros(head.shape, bool)
         inside[tuple(slice(a, b) for a, b in box)] = True
         assert head.any() and not np.any(head & ~inside)
@@ -385,7 +383,7 @@ def test_rerun_skips_current_cases_and_redoes_changed_ones(tmp_path):
     # Other settings: every case is redone.
     for p in (out / "cases").glob("*.npy"):
         os.utime(p, ns=(old, old))
-    cfg = preprocess.PreprocessConfig(spacing=(2.0, 2.0, 2.0), margin_mm=6.0)
+    cfg = prepare.PreprocessConfig(spacing=(2.0, 2.0, 2.0), margin_mm=6.0)
     fourth = preprocess.preprocess_dataset(dataset, out, cfg, workers=1)
     assert all(t != old for t in _npy_mtimes(out).values())
     assert fourth["config"]["margin_mm"] == 6.0

@@ -21,6 +21,7 @@ from msseg.export import format as fmt
 from msseg.models.resize import upsample
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import loop
+from msseg.train import setup as setup_lib
 
 K = 3
 S = sch.make_schedule("cosine", 50)
@@ -361,12 +362,12 @@ def test_a_training_timestep_outside_the_schedule_is_refused():
 
 def test_train_timesteps_are_all_or_the_sampler_s_ddim_timesteps():
     sampler = seg.SamplerConfig(steps=5)
-    ts = loop.train_timesteps("sampler", 1000, sampler)
+    ts = setup_lib.train_timesteps("sampler", 1000, sampler)
     assert isinstance(ts, tuple) and all(type(t) is int for t in ts)
     assert ts == tuple(samplers.ddim_timesteps(1000, 5).tolist()) and ts[0] == 999
-    assert loop.train_timesteps("all", 1000, sampler) == ()
+    assert setup_lib.train_timesteps("all", 1000, sampler) == ()
     with pytest.raises(ValueError, match="train_timesteps"):
-        loop.train_timesteps("ddim", 1000, sampler)
+        setup_lib.train_timesteps("ddim", 1000, sampler)
 
 
 # ---------------------------------------------------------------------------------------
@@ -595,13 +596,13 @@ def test_the_setup_reads_the_recipe_from_the_config(tiny_mni_cache):
     c = _tiny_logits(tiny_mni_cache)
     c.diffusion.train_timesteps = "sampler"
     c.diffusion.recycle_prob = 0.25
-    loss = loop.build_setup(c, str(tiny_mni_cache)).loss
+    loss = setup_lib.build_setup(c, str(tiny_mni_cache)).loss
     assert loss.target is Target.LOGITS and loss.signal_scale == 0.5
     assert loss.recycle_prob == 0.25
     assert loss.timesteps == tuple(samplers.ddim_timesteps(100, c.sampler.steps).tolist())
     c.diffusion.train_timesteps = "every"
     with pytest.raises(ValueError, match="train_timesteps"):
-        loop.build_setup(c, str(tiny_mni_cache))
+        setup_lib.build_setup(c, str(tiny_mni_cache))
 
 
 @pytest.fixture(scope="module")
@@ -619,7 +620,7 @@ def exported_logits(tmp_path_factory, tiny_mni_cache):
 
 def _segment(model_dir, route, kind, raw, scale=0.5, **sampler):
     from msseg import io
-    from msseg.data.preprocess import prepare_image
+    from msseg.data.prepare import prepare_image
     from msseg.inference import model as model_lib
     from msseg.inference import predict
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from msseg.data import datasets, preprocess
+from msseg.data.prepare import PreprocessConfig
 from msseg.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +164,7 @@ def test_library_refuses_a_bad_spacing_before_writing(toy, tmp_path, spacing):
     assert not out.exists()
     dataset = datasets.resolve(toy)
     with pytest.raises(ValueError, match="spacing"):
-        preprocess.preprocess_dataset(dataset, out, preprocess.PreprocessConfig(spacing=spacing))
+        preprocess.preprocess_dataset(dataset, out, PreprocessConfig(spacing=spacing))
     assert not out.exists()
 
 

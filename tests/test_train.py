@@ -17,7 +17,8 @@ from msseg.diffusion import schedule as sch
 from msseg.labels import IGNORE, get_protocol
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 from msseg.train import checkpoint, sharding, step, validate
-from msseg.train.loop import NonFiniteError, entry_depth, train, used_ids
+from msseg.train.loop import NonFiniteError, train
+from msseg.train.setup import build_setup, entry_depth, used_ids
 from msseg.train.state import TrainConfig, create_state, make_optimizer
 
 ROOT = Path(__file__).parents[1]
@@ -148,7 +149,9 @@ def test_dice_scores_per_leaf_and_level_match_a_plain_count():
             )
         assert scores[names[i]] == pytest.approx(np.mean(vals)), names[i]
     assert "level0" in scores and scores["level0"] >= scores[f"level{len(protocol.levels()) - 1}"]
-    assert validate.dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    assert scores["leaves"] == pytest.approx(
+        np.mean([scores[n] for n in names[1 : protocol.num_leaves]])
+    )
 
 
 def _params(workdir):
@@ -227,7 +230,6 @@ def test_train_binary_says_what_is_wrong_with_a_bad_override(tmp_path):
 def test_validating_a_depth_the_model_never_enters_at_is_refused_before_training(
     tiny_mni_cache,
 ):
-    from msseg.train.loop import build_setup
 
     c = tiny_config(tiny_mni_cache, entry_depths=(0,), val_depths=(0, 1))
     with pytest.raises(ValueError, match=r"val_depths \(0, 1\) includes depths \[1\]"):
@@ -290,7 +292,7 @@ def test_datasets_with_different_label_sets_train_together(tiny_mni_cache, tmp_p
     # the stream mixes both label sets in its batches
     from msseg.data import pipeline
 
-    cfg = pipeline.PipelineConfig(patch_size=(16, 16, 16), batch_size=4, num_depths=2)
+    cfg = pipeline.PipelineConfig(patch_size=(16, 16, 16), batch_size=4)
     it = iter(
         pipeline.make_dataset(
             str(tmp_path / "cache"),

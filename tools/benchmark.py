@@ -50,18 +50,20 @@ flags.DEFINE_string(
 
 
 def _load(route: str, conv_impl: str = "auto"):
-    from msseg.inference import model as model_lib  # noqa: PLC0415
+    from msseg.inference import model as model_lib
 
     if FLAGS.model:
         return model_lib.load_model(FLAGS.model, route=route, conv_impl=conv_impl)
-    import runpy  # noqa: PLC0415
+    import runpy
+
+    from msseg.train import setup as setup_lib
 
     config = runpy.run_path(FLAGS.config)["get_config"]().to_dict()
-    return model_lib.from_config(config, conv_impl=conv_impl)
+    return setup_lib.random_model(config, conv_impl=conv_impl)
 
 
 def _grid(model) -> list[dict]:
-    from msseg.inference import throughput  # noqa: PLC0415
+    from msseg.inference import throughput
 
     rows = []
     for sampler in FLAGS.samplers:
@@ -84,7 +86,7 @@ def _grid(model) -> list[dict]:
 
 
 def sampling_main() -> None:
-    from msseg.inference import throughput  # noqa: PLC0415
+    from msseg.inference import throughput
 
     rows = _grid(_load(FLAGS.route))
     base = None
@@ -111,8 +113,8 @@ def sampling_main() -> None:
 def main(argv):
     del argv
     if FLAGS.output:  # before hours of measuring: a result that cannot be written is lost
-        from msseg import files  # noqa: PLC0415
-        from msseg.errors import InputError  # noqa: PLC0415
+        from msseg import files
+        from msseg.errors import InputError
 
         try:
             files.check_output_file(FLAGS.output)

@@ -26,8 +26,8 @@ flags.mark_flags_as_required(["cache"])
 def main(argv):
     del argv
     if FLAGS.output:  # before hours of measuring: a result that cannot be written is lost
-        from msseg import files  # noqa: PLC0415
-        from msseg.errors import InputError  # noqa: PLC0415
+        from msseg import files
+        from msseg.errors import InputError
 
         try:
             files.check_output_file(FLAGS.output)

@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from msseg.inference import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "pred", None, "Folder of predicted label maps (<name>_seg.nii.gz or <name>.nii.gz)."
@@ -39,22 +41,7 @@ flags.DEFINE_string("output", None, "Report folder to write.")
 flags.DEFINE_string("model", None, "Model directory to segment --data with.")
 flags.DEFINE_string("data", None, "Dataset SPEC to segment and score (with --model).")
 flags.DEFINE_string("split", "test", "Split of --data to evaluate (with --model).")
-flags.DEFINE_enum(
-    "sampler", None, ["ddim", "ddpm", "multiscale", "anchored"], "Sampler (default: model's)."
-)
-flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
-flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
-flags.DEFINE_float("eta", None, "DDIM eta (default: the model's).")
-flags.DEFINE_enum("fusion", None, ["mean", "vote"], "Ensemble fusion (default: the model's).")
-flags.DEFINE_enum(
-    "step_fusion",
-    None,
-    ["none", "mean", "linear"],
-    "DDIM step fusion: the chain's per-step estimates averaged (default: the model's).",
-)
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
-flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+cli.define_sampling_flags()
 flags.DEFINE_list("depths", ["0"], "Entry depths to segment at (rows carry the depth if several).")
 flags.DEFINE_integer(
     "input_depth",
@@ -63,7 +50,6 @@ flags.DEFINE_integer(
     "2^input_depth first (then to the entry depth's grid; with --model).",
 )
 flags.DEFINE_integer("max_cases", 0, "Evaluate only the first N cases (0 = all).")
-flags.DEFINE_enum("route", "auto", ["auto", "exported", "local"], "Sampler route (sample.py).")
 flags.mark_flag_as_required("output")
 
 
@@ -79,8 +65,8 @@ def main(argv):
     _make_output_dir()  # before loading anything: a report that cannot be written costs nothing
     if model_mode:
         return _model_mode()
-    from msseg.errors import InputError  # noqa: PLC0415
-    from msseg.evaluation import folders, report  # noqa: PLC0415
+    from msseg.errors import InputError
+    from msseg.evaluation import folders, report
 
     try:
         protocol = folders.load_protocol(FLAGS.labels)
@@ -100,8 +86,8 @@ def main(argv):
 
 
 def _make_output_dir() -> None:
-    from msseg.errors import InputError  # noqa: PLC0415
-    from msseg.files import make_output_dir  # noqa: PLC0415
+    from msseg.errors import InputError
+    from msseg.files import make_output_dir
 
     try:
         make_output_dir(FLAGS.output)
@@ -110,22 +96,12 @@ def _make_output_dir() -> None:
 
 
 def _model_mode():
-    from msseg.errors import InputError  # noqa: PLC0415
-    from msseg.evaluation import report  # noqa: PLC0415
-    from msseg.inference import evaluate, predict  # noqa: PLC0415
-    from msseg.inference import model as model_lib  # noqa: PLC0415
+    from msseg.errors import InputError
+    from msseg.evaluation import report
+    from msseg.inference import evaluate, predict
 
     try:
-        model, cfg = model_lib.open_model(
-            FLAGS.model,
-            FLAGS.route,
-            kind=FLAGS.sampler,
-            steps=FLAGS.steps,
-            ensemble=FLAGS.ensemble,
-            eta=FLAGS.eta,
-            fusion=FLAGS.fusion,
-            step_fusion=FLAGS.step_fusion,
-        )
+        model, cfg = cli.open_model(FLAGS)
         opts = predict.Options(
             cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, input_depth=FLAGS.input_depth
         )

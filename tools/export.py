@@ -22,7 +22,7 @@ flags.DEFINE_list("platforms", list(exporter.PLATFORMS), "Platforms to lower the
 
 def main(argv):
     del argv
-    from msseg.errors import InputError  # noqa: PLC0415
+    from msseg.errors import InputError
 
     try:
         out = exporter.export_model(

@@ -60,8 +60,8 @@ def main(argv):
     spacing = _spacing()  # flag checks first, before the imports and any file is touched
     if not (math.isfinite(FLAGS.margin_mm) and FLAGS.margin_mm >= 0):
         sys.exit(f"preprocess.py: --margin_mm={FLAGS.margin_mm}: expected a finite size >= 0 (mm)")
-    from msseg.data import preprocess  # noqa: PLC0415
-    from msseg.errors import InputError  # noqa: PLC0415
+    from msseg.data import preprocess
+    from msseg.errors import InputError
 
     try:
         manifest = preprocess.run(

@@ -14,31 +14,17 @@ is reported and skipped, and the exit code is 1 if any failed. A case's files ar
 into place together once all are written, so a failed case keeps an earlier run's outputs.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
+
+from msseg.inference import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Model directory (tools/export.py).", required=True)
 flags.DEFINE_string("input", None, "A NIfTI file, a folder of them, or a glob.", required=True)
 flags.DEFINE_string("output", None, "Output folder.", required=True)
-flags.DEFINE_enum(
-    "sampler", None, ["ddim", "ddpm", "multiscale", "anchored"], "Sampler (default: model's)."
-)
-flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
-flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
-flags.DEFINE_float("eta", None, "DDIM eta (0 = deterministic given the noise).")
-flags.DEFINE_enum("fusion", None, ["mean", "vote"], "Ensemble fusion.")
-flags.DEFINE_enum(
-    "step_fusion",
-    None,
-    ["none", "mean", "linear"],
-    "DDIM step fusion: the chain's per-step estimates averaged (default: the model's).",
-)
-flags.DEFINE_integer("seed", 0, "Random seed (same seed, same segmentation).")
-flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
-flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+cli.define_sampling_flags()
 flags.DEFINE_integer("depth", 0, "Enter the U-Net at this depth (input at 2^depth x spacing).")
 flags.DEFINE_string(
     "level",
@@ -46,44 +32,24 @@ flags.DEFINE_string(
     "Segmentation written to <name>_seg: 'leaves', a tree level number (0 = coarsest), or "
     "'all' (leaves, plus <name>_seg_level<l> for every level).",
 )
-flags.DEFINE_enum(
-    "route",
-    "auto",
-    ["auto", "exported", "local"],
-    "exported artifact or the model rebuilt with this machine's fastest convolution (needs flax).",
-)
 flags.DEFINE_string(
     "compilation_cache",
-    os.path.expanduser("~/.cache/msseg/jax"),
+    "~/.cache/msseg/jax",
     "Persistent XLA compilation cache folder ('' = off).",
 )
 
 
 def main(argv):
     del argv
-    import jax  # noqa: PLC0415
-
-    if FLAGS.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    from msseg import files  # noqa: PLC0415
-    from msseg.errors import InputError  # noqa: PLC0415
-    from msseg.inference import model as model_lib  # noqa: PLC0415
-    from msseg.inference import predict  # noqa: PLC0415
+    cli.use_compilation_cache(FLAGS.compilation_cache)
+    from msseg import files
+    from msseg.errors import InputError
+    from msseg.inference import predict
 
     try:
         level = predict.parse_level(FLAGS.level)
         files.check_output_dir(FLAGS.output)  # creates nothing; predict.run creates it
-        model, cfg = model_lib.open_model(
-            FLAGS.model,
-            FLAGS.route,
-            kind=FLAGS.sampler,
-            steps=FLAGS.steps,
-            ensemble=FLAGS.ensemble,
-            eta=FLAGS.eta,
-            fusion=FLAGS.fusion,
-            step_fusion=FLAGS.step_fusion,
-        )
+        model, cfg = cli.open_model(FLAGS)
         predict.check_level(level, model.protocol)
         inputs = predict.find_inputs(FLAGS.input)
     except (InputError, FileNotFoundError, ValueError) as e:

@@ -40,7 +40,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    import jax  # noqa: PLC0415
+    import jax
 
     if FLAGS.coordinator_address or FLAGS.distributed == "on":
         jax.distributed.initialize(
@@ -50,8 +50,8 @@ def main(argv):
         )
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
-    from msseg.errors import InputError  # noqa: PLC0415
-    from msseg.train.loop import NonFiniteError, train  # noqa: PLC0415
+    from msseg.errors import InputError
+    from msseg.train.loop import NonFiniteError, train
 
     try:
         result = train(FLAGS.config, FLAGS.workdir)

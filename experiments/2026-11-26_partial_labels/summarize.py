@@ -60,7 +60,7 @@ def main(out: str, tag: str = "") -> None:
 
 def plot(results: dict, arms: list[str], path: Path) -> None:
     """Grouped bars: mean test Dice per tree level and arm."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 3.5), dpi=100)
     ax = fig.add_subplot()

@@ -11,18 +11,17 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
 
-from msseg.train import checkpoint, loop, validate
+from msseg.train import checkpoint, validate
+from msseg.train import setup as setup_lib
 
 HERE = Path(__file__).resolve().parent
 
 
 def load_arm(wd: Path):
     """(config, cache, training setup) of the suite arm trained in workdir `wd`."""
-    cfg = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
-    cache = loop.ensure_cache(cfg, wd)
-    return cfg, cache, loop.build_setup(cfg, cache)
+    run = setup_lib.load_run(wd)
+    return run.config, run.setup.cache, run.setup
 
 
 def main(run: str, arms: list[str]) -> None:

@@ -27,6 +27,7 @@ from absl import app, flags
 from msseg.data import pipeline
 from msseg.diffusion import losses
 from msseg.train import loop, sharding, step
+from msseg.train import setup as setup_lib
 from msseg.train import state as state_lib
 
 _CACHE = flags.DEFINE_string("cache", None, "preprocessed cache", required=True)
@@ -85,13 +86,13 @@ def _cpu() -> str:
 
 def measure(name: str, overrides: str) -> dict:
     c = _config(overrides)
-    setup = loop.build_setup(c, _CACHE.value)
+    setup = setup_lib.build_setup(c, _CACHE.value)
     tcfg, pcfg = setup.train, setup.pipeline
     mesh = sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_space)
     tx = state_lib.make_optimizer(tcfg)
     st = jax.jit(loop.init_fn(setup, tx))(jax.random.key(0))
     space = losses.LabelSpace.from_protocol(
-        setup.protocol, loop.used_ids(_CACHE.value, setup.protocol)
+        setup.protocol, setup_lib.used_ids(_CACHE.value, setup.protocol)
     )
     rep = sharding.replicated(mesh)
     ssh = jax.tree.map(lambda _: rep, st)

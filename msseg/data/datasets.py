@@ -31,10 +31,8 @@ import re
 from pathlib import Path
 
 from msseg import labels as labels_lib
+from msseg import names
 from msseg.errors import InputError
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mgz")
-
 
 Codes = tuple[tuple[int, int], ...]  # sorted (raw value, protocol id or IGNORE) pairs
 
@@ -141,7 +139,7 @@ def _resolve_one(
     spec: str | os.PathLike, protocol: str | None, val_fraction: float, cache
 ) -> Dataset:
     if str(spec) == "mni152":
-        from msseg.data import mni152  # noqa: PLC0415 (keeps scipy warping code off other paths)
+        from msseg.data import mni152  # keeps scipy warping code off other paths
 
         root = mni152.build(cache=cache)
         return _from_dataset_json(root, root / "dataset.json", protocol, val_fraction)
@@ -256,16 +254,6 @@ def _entry_paths(root: Path, entry, where: Path) -> tuple[str, str | None]:
     return resolve_path(image), resolve_path(label)
 
 
-def case_id_of(path: str | os.PathLike, *, channel: bool = False) -> str:
-    """File name without its NIfTI suffix; channel=True also strips an nnU-Net `_0000`."""
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return re.sub(r"_\d{4}$", "", name) if channel else name
-
-
 def _from_dataset_json(root: Path, meta_path: Path, override, val_fraction) -> Dataset:
     meta = _read_json(meta_path)
     cases, seen = [], set()
@@ -275,7 +263,7 @@ def _from_dataset_json(root: Path, meta_path: Path, override, val_fraction) -> D
             image, label = _entry_paths(root, entry, meta_path)
             if split != "test" and label is None:
                 raise InputError(meta_path, f"training entry without a label: {entry!r}")
-            cid = case_id_of(image)
+            cid = names.stem(image)
             if cid in seen:
                 raise InputError(meta_path, f"duplicate case id {cid!r}")
             seen.add(cid)
@@ -291,7 +279,7 @@ def _from_dataset_json(root: Path, meta_path: Path, override, val_fraction) -> D
 def _nifti_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    return sorted(p for p in folder.iterdir() if names.is_volume(p))
 
 
 def _from_nnunet_folders(root: Path, meta: dict, override, val_fraction) -> Dataset:
@@ -300,9 +288,9 @@ def _from_nnunet_folders(root: Path, meta: dict, override, val_fraction) -> Data
         ("imagesTr", "labelsTr", True),
         ("imagesTs", "labelsTs", False),
     ):
-        labels = {case_id_of(p): p for p in _nifti_files(root / lab_dir)}
+        labels = {names.stem(p): p for p in _nifti_files(root / lab_dir)}
         for image in _nifti_files(root / img_dir):
-            cid = case_id_of(image, channel=True)
+            cid = names.stem(image, channel=True)
             channel = re.search(r"_(\d{4})\.", image.name)
             if channel and channel.group(1) != "0000":
                 raise InputError(image, "msseg takes one T1 channel (_0000); found another channel")

@@ -1,4 +1,4 @@
-"""The grain training pipeline: cached cases → patches → augmentation → label pyramid → batches.
+"""The grain training pipeline: cached cases → patches → augmentation → batches.
 
 Built on grain's Dataset API: a random-access source over the preprocessed cache, sharded
 by JAX process, shuffled (reshuffled every epoch) and repeated forever; all randomness
@@ -34,7 +34,6 @@ from msseg.data.preprocess import load_manifest
 class PipelineConfig:
     patch_size: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = 2
-    num_depths: int = 4  # label pyramid levels; the patch must divide by 2^(num_depths-1)
     foreground_ratio: float = 0.67  # share of patches centred on a labelled (non-background) voxel
     # share of the patches drawn from each dataset of a combined SPEC ("a,b"), in SPEC order
     # (normalised; 0 leaves a dataset out); () = every case equally often
@@ -54,11 +53,6 @@ class PipelineConfig:
     prefetch: int = 4
 
     def __post_init__(self):
-        step = 2 ** (self.num_depths - 1)
-        if any(p % step for p in self.patch_size):
-            raise ValueError(
-                f"patch_size {self.patch_size} must divide by 2^(num_depths-1) = {step}"
-            )
         w = self.dataset_weights
         if w and (any(not np.isfinite(x) or x < 0 for x in w) or sum(w) <= 0):
             raise ValueError(f"dataset_weights {w} must be >= 0 with a positive sum")

@@ -1,22 +1,18 @@
-"""Preprocess a dataset into a cache of arrays: resample, crop, normalise, remap labels, index.
+"""The cache builder: a dataset preprocessed into arrays and a manifest, ready for training.
 
-Per case: load image and label (canonical RAS+), check they share a grid, map raw label
-values to protocol ids, resample to the target spacing (image linear; labels by
-`label_resample`), find the head with an Otsu threshold, crop to its box plus a margin,
-clip intensities to percentiles inside the head and scale them to zero mean / unit std
-there, and keep up to `max_indices` voxel positions per label id for foreground-balanced
-patch sampling. Arrays are written as .npy (memory-mappable) next to a manifest.json that
-records shapes, spacings, affines, crop boxes, voxel counts per id, the dataset each case
-comes from and the ids it declares, and sha256 checksums; a rerun skips every case whose
-sources, settings, label table and files are unchanged. Several datasets (a comma-separated
-SPEC) share one cache and one manifest.
+Per case: load image and label (canonical RAS+), check they share a grid, map raw label values
+to protocol ids, run the image through `msseg.data.prepare.prepare_image` (resample, crop to the
+head, normalise), resample the label to the same grid (`label_resample`) and crop it to the same
+box, and keep up to `max_indices` voxel positions per label id for foreground-balanced patch
+sampling. Arrays are written as .npy (memory-mappable) next to a manifest.json that records
+shapes, spacings, affines, crop boxes, voxel counts per id, the dataset each case comes from and
+the ids it declares, and sha256 checksums; a rerun skips every case whose sources, settings,
+label table and files are unchanged. Several datasets (a comma-separated SPEC) share one cache
+and one manifest.
 
-manifest.json is written once, atomically, when every case is done: a cache with a manifest
-is complete. While a run is under way (and after one that failed or was stopped) the records
-of the cases done so far are in manifest.partial.json, which the next run picks up.
-
-`prepare_image` is the image half of this, shared with inference, so a scan is seen by the
-model exactly as the training cases were.
+manifest.json is written once, atomically, when every case is done: a cache with a manifest is
+complete. While a run is under way (and after one that failed or was stopped) the records of the
+cases done so far are in manifest.partial.json, which the next run picks up.
 """
 
 from __future__ import annotations
@@ -32,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 from absl import logging
-from scipy import ndimage
 
 from msseg import files, io
 from msseg import labels as labels_lib
 from msseg.data import datasets
 from msseg.data.datasets import Case, Dataset
+from msseg.data.prepare import PreprocessConfig, check_spacing, prepare_image
 from msseg.errors import InputError
 
 FORMAT_VERSION = 1
@@ -46,103 +42,10 @@ FORMAT_VERSION = 1
 PARTIAL = "manifest.partial.json"  # the records of an unfinished run
 
 
-def check_spacing(spacing) -> tuple[float, float, float]:
-    """Three finite voxel sizes > 0 (mm) as floats; ValueError otherwise."""
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise ValueError(f"spacing must be three numbers (mm), got {spacing!r}") from None
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"spacing must be three finite sizes > 0 (mm), got {spacing!r}")
-    return values
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessConfig:
-    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)  # mm
-    margin_mm: float = 10.0  # kept around the head box
-    clip_percentiles: tuple[float, float] = (0.5, 99.5)  # inside the head
-    label_resample: str = "onehot"  # "onehot" (linear on one-hot, argmax) or "nearest"
-    max_indices: int = 10_000  # voxel positions kept per label id for patch sampling
-
-    def __post_init__(self):
-        check_spacing(self.spacing)
-        if not (np.isfinite(self.margin_mm) and self.margin_mm >= 0):
-            raise ValueError(f"margin_mm must be a finite number >= 0, got {self.margin_mm}")
-
-    def key(self, protocol: labels_lib.Protocol) -> str:
-        blob = json.dumps(
-            [FORMAT_VERSION, dataclasses.asdict(self), protocol.to_json()], sort_keys=True
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """An image as the model sees it, and how to get back to the source grid."""
-
-    image: np.ndarray  # [X, Y, Z] float32, normalised, cropped
-    affine: np.ndarray  # 4x4 voxel->world of `image`
-    box: tuple[tuple[int, int], ...]  # crop box (lo, hi) per axis in the resampled grid
-    resampled_shape: tuple[int, int, int]
-    resampled_affine: np.ndarray
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1D sample (maximises the between-class variance)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])  # upper edge of the lower class
-
-
-def head_mask(image: np.ndarray) -> np.ndarray:
-    """[X, Y, Z] bool: the largest bright component above the Otsu threshold, holes filled."""
-    top = np.percentile(image, 99.9)
-    mask = image > otsu_threshold(np.minimum(image, top).ravel())
-    components, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        mask = components == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(mask)
-
-
-def crop_box(mask: np.ndarray, margin: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """(lo, hi) per axis: the mask's bounding box grown by `margin` voxels, inside the volume."""
-    if not mask.any():
-        return tuple((0, n) for n in mask.shape)
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = np.minimum(idx.max(axis=0) + 1 + margin, mask.shape)
-    return tuple((int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-
-
-def normalize(image: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Clip to percentiles inside `mask`, then zero mean / unit std inside `mask`."""
-    inside = image[mask] if mask.any() else image.ravel()
-    lo, hi = np.percentile(inside, percentiles)
-    clipped = np.clip(image, lo, hi)
-    inside = np.clip(inside, lo, hi)
-    return ((clipped - inside.mean()) / max(float(inside.std()), 1e-6)).astype(np.float32)
-
-
-def prepare_image(volume: io.Volume, cfg: PreprocessConfig) -> tuple[Prepared, np.ndarray]:
-    """Resample, crop and normalise an image; also returns the head mask of the cropped grid."""
-    data, affine = io.resample(volume.data, volume.affine, cfg.spacing, order=1)
-    mask = head_mask(data)
-    box = crop_box(mask, np.ceil(cfg.margin_mm / np.asarray(cfg.spacing)).astype(int))
-    sl = tuple(slice(a, b) for a, b in box)
-    shift = np.eye(4)
-    shift[:3, 3] = [a for a, _ in box]
-    image = normalize(data[sl], mask[sl], cfg.clip_percentiles)
-    prepared = Prepared(image, affine @ shift, box, tuple(data.shape), affine)
-    return prepared, mask[sl]
+def cache_key(cfg: PreprocessConfig, protocol: labels_lib.Protocol) -> str:
+    """The key of a cache's settings: a cache built with other settings or labels is stale."""
+    blob = json.dumps([FORMAT_VERSION, dataclasses.asdict(cfg), protocol.to_json()], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def foreground_indices(ids: np.ndarray, max_per_id: int, seed: int) -> np.ndarray:
@@ -160,10 +63,11 @@ def foreground_indices(ids: np.ndarray, max_per_id: int, seed: int) -> np.ndarra
 
 
 def _save_npy(path: Path, array: np.ndarray) -> str:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    files.atomic_write(path, write)
     return files.sha256_file(path)
 
 
@@ -243,11 +147,6 @@ def _is_current(record: dict | None, case: Case, out: Path, key: str) -> bool:
         return False
 
 
-def _write_manifest(path: Path, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=1)
-    files.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def _old_records(out: Path) -> dict:
     """Case records of the last run: manifest.json's, updated by an unfinished run's."""
     records = {}
@@ -269,7 +168,7 @@ def load_manifest(out: str | os.PathLike) -> dict:
 def preprocess_dataset(
     dataset: Dataset,
     output: str | os.PathLike,
-    cfg: PreprocessConfig = PreprocessConfig(),
+    cfg: PreprocessConfig | None = None,
     workers: int | None = None,
 ) -> dict:
     """Preprocesses every labelled case of `dataset` into `output`; returns the manifest.
@@ -277,9 +176,10 @@ def preprocess_dataset(
     A combined dataset (several SPECs) gives one manifest; "dataset" and "root" hold the
     comma-joined names and roots, and each case record its own "dataset".
     """
+    cfg = cfg or PreprocessConfig()
     out = files.make_output_dir(output)
     files.make_output_dir(out / "cases")
-    key = cfg.key(dataset.protocol)
+    key = cache_key(cfg, dataset.protocol)
     old = _old_records(out)
     manifest = {
         "version": FORMAT_VERSION,
@@ -303,7 +203,7 @@ def preprocess_dataset(
     if todo:
         # Cases are about to be rewritten: until all are done, the cache has no manifest.json
         # (a stale or partial one would pass for a complete cache); progress goes to PARTIAL.
-        _write_manifest(out / PARTIAL, manifest)
+        files.write_json(out / PARTIAL, manifest)
         (out / "manifest.json").unlink(missing_ok=True)
     start, failures = time.time(), []
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
@@ -320,7 +220,7 @@ def preprocess_dataset(
                 continue
             record["key"] = case_key(key, case)
             manifest["cases"][case.case_id] = record
-            _write_manifest(out / PARTIAL, manifest)
+            files.write_json(out / PARTIAL, manifest)
             eta = (time.time() - start) / n * (len(todo) - n)
             logging.info(
                 "preprocess: [%d/%d] %s %s (eta %.0f s)",
@@ -339,7 +239,7 @@ def preprocess_dataset(
         )
     order = {c.case_id: i for i, c in enumerate(dataset.cases)}
     manifest["cases"] = dict(sorted(manifest["cases"].items(), key=lambda kv: order[kv[0]]))
-    _write_manifest(out / "manifest.json", manifest)
+    files.write_json(out / "manifest.json", manifest)
     (out / PARTIAL).unlink(missing_ok=True)
     return load_manifest(out)
 
@@ -377,7 +277,7 @@ def summarize(manifest: dict) -> str:
 
 def median_spacing(dataset: Dataset) -> tuple[float, float, float]:
     """The median voxel size (mm, canonical axis order) of the dataset's labelled images."""
-    import nibabel as nib  # noqa: PLC0415
+    import nibabel as nib
 
     spacings = []
     for case in dataset.cases:

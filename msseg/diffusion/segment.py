@@ -38,7 +38,6 @@ This module imports no flax: the model is only called through `model.apply`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -49,6 +48,7 @@ import numpy as np
 from msseg.diffusion import samplers
 from msseg.diffusion import schedule as sch
 from msseg.diffusion.losses import x0_to_probs
+from msseg.diffusion.sampler_config import Fusion, SamplerConfig, SamplerKind, StepFusion, choice
 from msseg.models.resize import downsample, upsample
 
 if TYPE_CHECKING:
@@ -59,50 +59,6 @@ ChainFn = Callable[..., jax.Array]
 """(image [B, X, Y, Z, C] at `depth`, x_t [B, X, Y, Z, K], key, ts [S], ts_next [S], eta,
 ancestral, depth) → x0 [B, X, Y, Z, K] float32: `samplers.sample_chain` of the denoiser
 entered at `depth` (a static int)."""
-
-SAMPLERS = ("ddim", "ddpm", "multiscale", "anchored")
-FUSIONS = ("mean", "vote")
-STEP_FUSIONS = ("none", "mean", "linear")
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-    kind: str = "ddim"  # "ddim" | "ddpm" | "multiscale" | "anchored"
-    steps: int = 5  # DDIM steps (ddim), ignored by ddpm
-    eta: float = 0.0  # DDIM noise in [0, 1]; ignored by ddpm
-    ensemble: int = 1
-    fusion: str = "mean"  # "mean" | "vote"
-    coarse_depth: int = 1  # multiscale: the depth the chain starts at
-    coarse_steps: int = 10
-    refine_t: float = 0.4  # multiscale, anchored: truncated chains start at refine_t * T
-    refine_steps: int = 4
-    clip_x0: bool = True
-    step_fusion: str = "none"  # DDIM chains: "none" (last estimate) | "mean" | "linear"
-
-    def __post_init__(self):
-        if self.kind not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.kind!r}")
-        if self.step_fusion not in STEP_FUSIONS:
-            raise ValueError(f"step_fusion must be one of {STEP_FUSIONS}, got {self.step_fusion!r}")
-        if self.kind == "ddpm" and self.step_fusion != "none":
-            raise ValueError("step fusion applies to DDIM chains, not to the ddpm sampler")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.ensemble < 1:
-            raise ValueError("ensemble must be >= 1")
-        if not 0.0 <= self.eta <= 1.0:  # NaN fails too
-            raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM), got {self.eta}")
-
-    def denoiser_evaluations(self, num_timesteps: int) -> int:
-        """Model calls per sample (ensemble members count separately)."""
-        if self.kind == "ddpm":
-            return num_timesteps
-        if self.kind == "ddim":
-            return self.steps
-        t_refine = int(round(self.refine_t * (num_timesteps - 1)))
-        if self.kind == "anchored":
-            return 1 + min(self.refine_steps, t_refine + 1)
-        return self.coarse_steps + self.coarse_depth * min(self.refine_steps, t_refine + 1)
 
 
 def denoiser(
@@ -147,16 +103,15 @@ def model_chain(
     return run
 
 
-def step_weights(step_fusion: str, steps: int) -> np.ndarray:
+def step_weights(step_fusion: StepFusion | str, steps: int) -> np.ndarray:
     """float32 [steps] weights (summing to 1) of a chain's per-step estimates."""
-    if step_fusion == "none":
+    step_fusion = choice(StepFusion, step_fusion, "step_fusion")
+    if step_fusion == StepFusion.NONE:
         w = np.eye(steps)[-1]
-    elif step_fusion == "mean":
+    elif step_fusion == StepFusion.MEAN:
         w = np.ones(steps)
-    elif step_fusion == "linear":
-        w = np.arange(1, steps + 1)
     else:
-        raise ValueError(f"step_fusion must be one of {STEP_FUSIONS}, got {step_fusion!r}")
+        w = np.arange(1, steps + 1)
     return (w / w.sum()).astype(np.float32)
 
 
@@ -204,13 +159,14 @@ def fused_chain(
 def _run_chain(
     chain: ChainFn, image, x_t, key, s, cfg: SamplerConfig, depth, steps, t_start, scale=1.0
 ):
-    kind = "ddpm" if cfg.kind == "ddpm" else "ddim"
+    ancestral = cfg.kind == SamplerKind.DDPM
+    kind = SamplerKind.DDPM if ancestral else SamplerKind.DDIM
     ts, ts_next = samplers.chain_timesteps(kind, s.num_timesteps, steps, t_start)
-    eta = 1.0 if kind == "ddpm" else cfg.eta
-    if kind == "ddim" and cfg.step_fusion != "none" and len(ts) > 1:
+    eta = 1.0 if ancestral else cfg.eta
+    if not ancestral and cfg.step_fusion != StepFusion.NONE and len(ts) > 1:
         w = step_weights(cfg.step_fusion, len(ts))
         return fused_chain(chain, image, x_t, key, s, ts, ts_next, eta, depth, w, scale)
-    return chain(image, x_t, key, ts, ts_next, eta, kind == "ddpm", depth)
+    return chain(image, x_t, key, ts, ts_next, eta, ancestral, depth)
 
 
 def chain_masks(
@@ -232,7 +188,7 @@ def chain_masks(
     """
     e = entry_depth
     shape = (*image.shape[:-1], num_classes)
-    if cfg.kind == "anchored":  # PD-DDPM-style: refine the one-shot estimate
+    if cfg.kind == SamplerKind.ANCHORED:  # PD-DDPM-style: refine the one-shot estimate
         k_init, k_first, k_noise, k_chain = jax.random.split(key, 4)
         x_t = jax.random.normal(k_init, shape, jnp.float32)
         x0 = _run_chain(chain, image, x_t, k_first, s, cfg, e, 1, None, scale)
@@ -241,7 +197,7 @@ def chain_masks(
         x_t = sch.q_sample(s, scale * x0, t, jax.random.normal(k_noise, shape, jnp.float32))
         steps = min(cfg.refine_steps, t_refine + 1)
         return _run_chain(chain, image, x_t, k_chain, s, cfg, e, steps, t_refine, scale)
-    if cfg.kind != "multiscale":
+    if cfg.kind != SamplerKind.MULTISCALE:
         k_init, k_chain = jax.random.split(key)
         x_t = jax.random.normal(k_init, shape, jnp.float32)
         return _run_chain(chain, image, x_t, k_chain, s, cfg, e, cfg.steps, None, scale)
@@ -303,7 +259,7 @@ def fuse(masks: jax.Array, fusion: str, tree: LevelTables | None = None) -> dict
     p = x0_to_probs(masks)
     mean = p.mean(axis=0)
     k = masks.shape[-1]
-    probs = jax.nn.one_hot(tree_labels(p, tree), k).mean(axis=0) if fusion == "vote" else mean
+    probs = jax.nn.one_hot(tree_labels(p, tree), k).mean(axis=0) if fusion == Fusion.VOTE else mean
     labels = tree_labels(probs, tree)
     entropy = -(mean * jnp.log(jnp.maximum(mean, 1e-12))).sum(axis=-1)
     n = masks.shape[0]

@@ -1,11 +1,11 @@
 """Evaluate a folder of predicted label maps against a folder of references: pair, load, score.
 
-Files are paired by name: the reference ``<name>.nii[.gz]`` with the prediction
-``<name>_seg.nii[.gz]`` (what tools/sample.py writes) or ``<name>.nii[.gz]``, and an
-optional image ``<name>.nii[.gz]`` or ``<name>_0000.nii[.gz]`` (nnU-Net naming). A
-reference without a prediction, or a prediction without a reference, is an ``InputError``
-naming the file; ``<name>_uncertainty.nii[.gz]`` files in the prediction folder (also
-written by sample.py) are skipped.
+Files are paired by name (`msseg.names`: any of .nii.gz, .nii, .mgz): the reference
+``<name>`` with the prediction ``<name>_seg`` (what tools/sample.py writes) or ``<name>``, and
+an optional image ``<name>`` or ``<name>_0000`` (nnU-Net naming). A reference without a
+prediction, or a prediction without a reference, is an ``InputError`` naming the file; the
+sampler's other outputs in the prediction folder (``_uncertainty``, ``_seg_level<l>``) are
+skipped.
 """
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 
 from absl import logging
 
-from msseg import io
+from msseg import io, names
 from msseg import labels as labels_lib
 from msseg.errors import InputError
 from msseg.evaluation import metrics, plots, report
-
-_EXTENSIONS = (".nii.gz", ".nii")
-_SIDECAR = re.compile(r"_(uncertainty|seg_level\d+)$")  # sample.py's other outputs
+from msseg.export import format as fmt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +36,9 @@ class CaseFiles:
 def load_protocol(spec: str) -> labels_lib.Protocol:
     """A model directory's ``labels.json``, or a built-in protocol by name."""
     if os.path.isdir(spec):
-        path = os.path.join(spec, "labels.json")
+        path = os.path.join(spec, fmt.LABELS)
         if not os.path.isfile(path):
-            raise InputError(spec, "model directory has no labels.json")
+            raise InputError(spec, f"model directory has no {fmt.LABELS}")
         try:
             with open(path, encoding="utf-8") as f:
                 return labels_lib.Protocol.from_json(json.load(f))
@@ -57,16 +54,15 @@ def load_protocol(spec: str) -> labels_lib.Protocol:
 
 
 def _nifti_files(folder: str) -> dict[str, str]:
-    """{name without extension: path} of the NIfTI files in ``folder`` (hidden ones skipped)."""
+    """{name without suffix: path} of the volumes in ``folder`` (hidden ones skipped)."""
     if not os.path.isdir(folder):
         raise InputError(folder, "not a folder")
     out: dict[str, str] = {}
     for entry in sorted(os.listdir(folder)):
-        ext = next((e for e in _EXTENSIONS if entry.endswith(e)), None)
         path = os.path.join(folder, entry)
-        if ext is None or entry.startswith(".") or not os.path.isfile(path):
+        if not names.is_volume(entry) or not os.path.isfile(path):
             continue
-        name = entry[: -len(ext)]
+        name = names.stem(entry)
         if name in out:
             raise InputError(path, f"ambiguous: {os.path.basename(out[name])} has the same name")
         out[name] = path
@@ -84,30 +80,32 @@ def pair_files(pred_dir: str, ref_dir: str, images_dir: str | None = None) -> li
     """The cases, sorted by name: every reference with its prediction (and image)."""
     refs = _nifti_files(ref_dir)
     if not refs:
-        raise InputError(ref_dir, "no .nii or .nii.gz reference label maps")
+        raise InputError(ref_dir, f"no {'/'.join(names.READ_SUFFIXES)} reference label maps")
     preds = _nifti_files(pred_dir)
     images = _nifti_files(images_dir) if images_dir is not None else None
     cases, owner = [], {}
     for name, ref in sorted(refs.items()):
-        pred = _one_of(preds, [f"{name}_seg", name], "prediction", ref)
+        pred = _one_of(preds, names.prediction_stems(name), "prediction", ref)
         if pred is None:
             raise InputError(
-                os.path.join(pred_dir, f"{name}_seg.nii.gz"),
-                f"no prediction for reference {ref} (expected {name}_seg.nii.gz or "
-                f"{name}.nii.gz, or .nii)",
+                names.segmentation(pred_dir, name),
+                f"no prediction for reference {ref} (expected "
+                f"{' or '.join(names.prediction_stems(name))}, "
+                f"with one of {', '.join(names.READ_SUFFIXES)})",
             )
         if pred in owner:
             raise InputError(pred, f"matches two references: {owner[pred]} and {ref}")
         owner[pred] = ref
         image = None
         if images is not None:
-            image = _one_of(images, [name, f"{name}_0000"], "image", ref)
+            image = _one_of(images, names.image_stems(name), "image", ref)
             if image is None:
                 raise InputError(
-                    os.path.join(images_dir, f"{name}.nii.gz"), f"no image for reference {ref}"
+                    os.path.join(images_dir, name + names.OUTPUT_SUFFIX),
+                    f"no image for reference {ref}",
                 )
         cases.append(CaseFiles(name=name, pred=pred, ref=ref, image=image))
-    unmatched = [p for n, p in preds.items() if p not in owner and not _SIDECAR.search(n)]
+    unmatched = [p for n, p in preds.items() if p not in owner and not names.is_sidecar(n)]
     if unmatched:
         more = f" ({len(unmatched) - 1} more unmatched)" if len(unmatched) > 1 else ""
         raise InputError(unmatched[0], f"prediction has no reference in {ref_dir}{more}")

@@ -83,7 +83,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def overlay_figure(preview: Preview, protocol: labels_lib.Protocol, title: str):
     """Rows: reference, prediction, disagreement (red); columns: axial, coronal, sagittal."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     sx, sy, sz = preview.spacing
     aspects = (sy / sx, sz / sx, sz / sy)  # rows / columns of each transposed slice
@@ -123,7 +123,7 @@ def boxplot_figure(
 
     ``colours`` is ``[len(groups), 3]`` uint8 RGB (the protocol's label colours).
     """
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(6.0, 0.38 * len(groups) + 2.0), 4.8))
     ax = fig.subplots()

@@ -20,7 +20,7 @@ import io
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,36 @@ def _check_ids(ids: np.ndarray, protocol: labels_lib.Protocol, what: str) -> np.
     return ids.astype(np.uint8)
 
 
+def label_masks(
+    pred: np.ndarray, ref: np.ndarray, protocol: labels_lib.Protocol
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(label id, predicted mask, reference mask) of every non-background id of the tree's
+    levels, in id order, each mask restricted to the voxels where the reference decides the
+    label (not IGNORE, not a partial label straddling it): the one rule validation and
+    evaluation score by."""
+    inside, _, excluded = label_tables(protocol)
+    for label in sorted({i for level in protocol.levels() for i in level} - {0}):
+        keep = ~excluded[label][ref]
+        yield label, inside[label][pred] & keep, inside[label][ref] & keep
+
+
+def level_dice(pred: np.ndarray, ref: np.ndarray, protocol: labels_lib.Protocol) -> dict:
+    """Dice of one case: {id name: Dice} for every non-background id of every tree level,
+    {"level<l>": the mean over level l's ids} and {"leaves": the mean over the foreground
+    leaves} (`label_masks`; `metrics.dice`, both empty → 1)."""
+    names = protocol.id_names()
+    dice = {
+        label: metrics_lib.dice(p, r)
+        for label, p, r in label_masks(np.asarray(pred), np.asarray(ref), protocol)
+    }
+    out = {names[i]: d for i, d in dice.items()}
+    for lv, level in enumerate(protocol.levels()):
+        scored = [dice[i] for i in level if i != 0]
+        out[f"level{lv}"] = float(np.mean(scored)) if scored else float("nan")
+    out["leaves"] = float(np.mean([dice[i] for i in range(1, protocol.num_leaves)]))
+    return out
+
+
 def evaluate_case(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -124,15 +154,12 @@ def evaluate_case(
     n_partial = int(np.count_nonzero(pred >= protocol.num_leaves))
     if n_partial:
         logging.warning("%s: %d predicted voxels are not leaves; scored as such", case, n_partial)
-    inside, _, excluded = label_tables(protocol)
     names = protocol.id_names()
     levels = protocol.levels()
-    scores: dict[int, metrics_lib.MaskMetrics] = {}
-    for label in sorted({i for level in levels for i in level} - {0}):
-        keep = ~excluded[label][ref]
-        scores[label] = metrics_lib.compute_metrics(
-            inside[label][pred] & keep, inside[label][ref] & keep, spacing, hd95_mode
-        )
+    scores = {
+        label: metrics_lib.compute_metrics(p, r, spacing, hd95_mode)
+        for label, p, r in label_masks(pred, ref, protocol)
+    }
     return [
         Row(
             case=case,

@@ -15,27 +15,21 @@ import os
 import shutil
 from pathlib import Path
 
+import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
+import jaxlib
 import numpy as np
 from absl import logging
 
 import msseg
-from msseg.data import preprocess
 from msseg.diffusion import segment as seg
 from msseg.export import format as fmt
 from msseg.models.unet import MultiscaleUNet
-from msseg.train import checkpoint, loop, metrics
+from msseg.train import checkpoint, metrics
+from msseg.train import setup as setup_lib
 
 PLATFORMS = ("cpu", "cuda")
-
-
-def _run_config(workdir: Path) -> ml_collections.ConfigDict:
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{workdir}: no config.json (is this a training workdir?)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def _validation(workdir: Path, step: int) -> dict:
@@ -48,7 +42,7 @@ def _validation(workdir: Path, step: int) -> dict:
     return {k: v for k, v in rows[-1].items() if k == "val_dice" or k.startswith("val/")}
 
 
-def chain_function(model: MultiscaleUNet, setup: loop.Setup, depth: int):
+def chain_function(model: MultiscaleUNet, setup: setup_lib.Setup, depth: int):
     """The exported function of the chain entered at `depth` (format.py has the signature)."""
     if not model.cfg.diffusion:
 
@@ -101,33 +95,25 @@ def export_model(
     platforms: tuple[str, ...] = PLATFORMS,
 ) -> Path:
     """Workdir (its `step`: latest, best or a number) → model directory `output`; returns it."""
-    workdir = Path(workdir).absolute()
     fmt.check_replaceable(output)  # before any work: never replaces what msseg did not write
-    config = _run_config(workdir)
-    cache = config.data.cache or str(workdir / "cache")
-    if not (Path(cache) / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"{cache}: the run's preprocessed cache is missing (its manifest holds the label "
-            "protocol and the preprocessing the model was trained with)"
-        )
-    setup = loop.build_setup(config, cache)
-    manifest = preprocess.load_manifest(cache)
+    run = setup_lib.load_run(workdir)
+    setup, workdir = run.setup, run.workdir
     _, ema, n = checkpoint.restore_params(workdir, step)
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), ema)
     heads = params["params"]["head0"]["kernel"].shape[-1]
     if heads != setup.protocol.num_leaves:
         raise ValueError(
-            f"{cache}: protocol {setup.protocol.name!r} has {setup.protocol.num_leaves} leaves "
-            f"but the checkpoint predicts {heads} classes (was the cache rebuilt?)"
+            f"{setup.cache}: protocol {setup.protocol.name!r} has {setup.protocol.num_leaves} "
+            f"leaves but the checkpoint predicts {heads} classes (was the cache rebuilt?)"
         )
     cfg = dataclasses.replace(setup.model.cfg, conv_impl="xla", remat=False)
     model = MultiscaleUNet(cfg)
     patch = tuple(setup.pipeline.patch_size)
-    depths = sorted({0, *setup.train.entry_depths})
+    depths = setup.entry_depths
     if 0 not in setup.train.entry_depths:
         logging.warning("export: the model never trained at entry depth 0; exported anyway")
     sampler = setup.sampler
-    if sampler.kind == "multiscale" and sampler.coarse_depth not in depths:
+    if sampler.kind == seg.SamplerKind.MULTISCALE and sampler.coarse_depth not in depths:
         logging.warning(
             "export: the default multiscale sampler needs entry depth %d, not trained",
             sampler.coarse_depth,
@@ -144,20 +130,17 @@ def export_model(
         fmt.save_params(tmp / fmt.PARAMS, params)
         shutil.copyfile(workdir / "config.json", tmp / fmt.CONFIG)
         (tmp / fmt.LABELS).write_text(json.dumps(setup.protocol.to_json(), indent=1) + "\n")
-        return metadata(config, setup, cfg, manifest, n, workdir, depths, platforms)
+        return metadata(run, n, platforms)
 
     out = fmt.write_directory(output, write)
     logging.info("export: wrote %s", out)
     return out
 
 
-def metadata(config, setup, cfg, manifest, step, workdir, depths, platforms) -> dict:
+def metadata(run: setup_lib.Run, step: int, platforms) -> dict:
     """metadata.json without the format marker and the checksums (format.write_directory
-    adds them)."""
-    import flax  # noqa: PLC0415
-    import jaxlib  # noqa: PLC0415
-
-    pipe, schedule, loss, sampler = setup.pipeline, setup.schedule, setup.loss, setup.sampler
+    adds them): provenance, and the model's facts (`setup.model_facts`)."""
+    depths = run.setup.entry_depths
     return {
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": {
@@ -166,31 +149,10 @@ def metadata(config, setup, cfg, manifest, step, workdir, depths, platforms) -> 
             "jaxlib": jaxlib.__version__,
             "flax": flax.__version__,
         },
-        "source": {"workdir": str(workdir), "step": step},
-        "validation": _validation(workdir, step),
-        "kind": "diffusion" if cfg.diffusion else "deterministic",
+        "source": {"workdir": str(run.workdir), "step": step},
+        "validation": _validation(run.workdir, step),
         "platforms": list(platforms),
         "prng_impl": str(jax.random.key_impl(jax.random.key(0))),
-        "entry_depths": depths,
-        "functions": {str(dd): fmt.function_file(dd) for dd in depths},
-        "model": {
-            "num_classes": cfg.num_classes,
-            "image_channels": cfg.image_channels,
-            "num_depths": cfg.num_depths,
-            "channels": list(cfg.channels),
-            "dtype": cfg.dtype,
-            "conv_dtype": cfg.conv_dtype,
-        },
-        "patch_size": list(pipe.patch_size),
-        "preprocess": manifest["config"],
-        "diffusion": None
-        if schedule is None
-        else {
-            "schedule": config.diffusion.schedule,
-            "num_timesteps": schedule.num_timesteps,
-            "target": loss.target.value,
-            "signal_scale": loss.signal_scale,
-            "clip_x0": sampler.clip_x0,
-        },
-        "sampler": dataclasses.asdict(sampler),
+        "functions": {str(d): fmt.function_file(d) for d in depths},
+        **run.facts(),
     }

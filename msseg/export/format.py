@@ -12,11 +12,14 @@ A model directory holds
   for each other depth the model was trained to enter at (the multiscale sampler's
   coarse chains, low-resolution inputs).
 - `params.npz`: the EMA parameters, keys = '/'-joined tree paths.
-- `config.json` (the training run's config), `labels.json` (the label protocol),
-  `metadata.json`: the format marker (`"format": "msseg-model"`, `"format_version"`),
-  versions of jax/jaxlib/flax/msseg, step, validation metrics, what sample.py needs (patch,
-  spacing, preprocessing, schedule, sampler defaults), the sha256 of every other file, and
-  `metadata_sha256`, the sha256 of metadata.json's own content without that key.
+- `labels.json` (the label protocol) and `config.json` (the training run's config, a record
+  of how the model was made: inference does not read it).
+- `metadata.json`: the format marker (`"format": "msseg-model"`, `"format_version"`),
+  versions of jax/jaxlib/flax/msseg, step, validation metrics, the model's facts (`kind`,
+  the U-Net's settings, patch, entry depths, preprocessing, diffusion settings, sampler
+  defaults: `msseg.train.setup.model_facts`), the sha256 of every other file, and
+  `metadata_sha256`, the sha256 of metadata.json's own content without that key. Everything
+  inference needs to know about a model comes from here.
 
 The directory is tamper-evident as a whole: `verify` checks metadata.json's own checksum and
 every listed file's, so an edited spacing or class count is refused, not silently used.
@@ -29,22 +32,32 @@ Nothing here imports flax, optax, orbax or grain.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from msseg import names
 from msseg.errors import InputError
 from msseg.files import check_output_dir, sha256_file
 
 FORMAT = "msseg-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+
+
+class ModelKind(enum.StrEnum):
+    """metadata.json's "kind": what the exported functions compute."""
+
+    DIFFUSION = "diffusion"  # the sampling chain of a denoiser
+    DETERMINISTIC = "deterministic"  # the logits of a direct segmenter
+
+
 METADATA = "metadata.json"
 CONFIG = "config.json"
 LABELS = "labels.json"
@@ -173,11 +186,17 @@ def verify(model_dir: str | os.PathLike) -> dict[str, Any]:
         )
     if meta.get("format") != FORMAT:
         raise InputError(meta_path, f"not an msseg model's metadata (no format {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if isinstance(version, int) and 1 < version < FORMAT_VERSION:
+        raise InputError(
+            root,
+            f"a model of format {version} (older msseg): re-export it from its training "
+            "workdir with tools/export.py",
+        )
+    if version != FORMAT_VERSION:
         raise InputError(
             meta_path,
-            f"model format version {meta.get('format_version')!r}, this msseg reads version "
-            f"{FORMAT_VERSION}",
+            f"model format version {version!r}, this msseg reads version {FORMAT_VERSION}",
         )
     if meta.get("metadata_sha256") != metadata_digest(meta):
         raise InputError(
@@ -240,7 +259,7 @@ def write_directory(output: str | os.PathLike, write_files) -> Path:
     check_output_dir(out)
     foreign = _foreign_entries(out)  # refuses what is not ours (see check_replaceable)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp = names.temporary(out)
     tmp.mkdir()
     old = None
     try:
@@ -260,7 +279,7 @@ def write_directory(output: str | os.PathLike, write_files) -> Path:
             else:
                 shutil.copy2(entry, target, follow_symlinks=False)
         if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            old = names.temporary(out)
             os.replace(out, old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,11 +7,15 @@ Routes:
 - "auto": "local" when the flax model code imports, else "exported".
 Both give `msseg.diffusion.segment.ChainFn`s running `samplers.sample_chain`, so they
 produce the same segmentation up to floating-point differences of the convolutions.
+
+Every fact about a model comes from its metadata.json (`msseg.train.setup.model_facts` wrote
+them): the directory's config.json is a record of the training run, never read here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,14 +25,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msseg import files
 from msseg import labels as labels_lib
-from msseg.data.preprocess import PreprocessConfig
+from msseg.data.prepare import PreprocessConfig
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
 from msseg.errors import InputError
 from msseg.export import format as fmt
 
-ROUTES = ("auto", "exported", "local")
+
+class Route(enum.StrEnum):
+    """How a model directory's chain functions run."""
+
+    AUTO = "auto"  # local when msseg's model code imports, else exported
+    EXPORTED = "exported"  # the jax.export artifacts
+    LOCAL = "local"  # the flax model rebuilt with this machine's fastest convolution
+
+
+ROUTES = tuple(r.value for r in Route)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -43,7 +57,6 @@ class LoadedModel:
 
     path: Path
     metadata: dict[str, Any]
-    config: dict[str, Any]
     protocol: labels_lib.Protocol
     preprocess: PreprocessConfig
     patch: tuple[int, int, int]
@@ -52,7 +65,7 @@ class LoadedModel:
     entry_depths: tuple[int, ...]
     schedule: sch.Schedule | None
     sampler_defaults: dict[str, Any]
-    route: str
+    route: Route
     params: Any
     chain: Callable[[Any], seg.ChainFn] | None
     logits: Callable[[Any], Callable[[jax.Array, int], jax.Array]] | None
@@ -63,8 +76,9 @@ class LoadedModel:
 
     @property
     def signal_scale(self) -> float:
-        """The scale of the mask in the chain (1 for models from before the setting)."""
-        return float((self.metadata.get("diffusion") or {}).get("signal_scale", 1.0))
+        """The scale of the mask in the chain (1 for deterministic models)."""
+        d = self.metadata.get("diffusion")
+        return float(d["signal_scale"]) if d else 1.0
 
 
 def _platform() -> str:
@@ -85,7 +99,7 @@ def _exported(root: Path, meta: dict) -> tuple:
                 f"exported for {', '.join(exp.platforms)}, this backend is {_platform()}",
             )
         functions[int(depth)] = exp
-    if meta["kind"] != "diffusion":
+    if meta["kind"] != fmt.ModelKind.DIFFUSION:
 
         def logits(params):
             return lambda image, depth: functions[depth].call(params, image)
@@ -110,22 +124,17 @@ def _exported(root: Path, meta: dict) -> tuple:
     return chain, None
 
 
-def _tuples(d: dict) -> dict:
-    """JSON lists back to the tuples the frozen config dataclasses hold."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+def _unet(meta: dict, conv_impl: str):
+    """The flax model of the metadata's `model` section (imports flax)."""
+    from msseg.models.unet import MultiscaleUNet, UNetConfig
+
+    m = {**meta["model"], "conv_impl": conv_impl, "remat": False}
+    return MultiscaleUNet(files.from_json(UNetConfig, m))
 
 
-def _unet(config: dict, num_classes: int, conv_impl: str):
-    """The flax model of a training config's `model` section (imports flax)."""
-    from msseg.models.unet import MultiscaleUNet, UNetConfig  # noqa: PLC0415
-
-    m = {**_tuples(config["model"]), "conv_impl": conv_impl, "remat": False}
-    return MultiscaleUNet(UNetConfig(num_classes=num_classes, **m))
-
-
-def _local(meta: dict, config: dict, schedule, conv_impl: str) -> tuple:
-    model = _unet(config, meta["model"]["num_classes"], conv_impl)
-    if meta["kind"] != "diffusion":
+def _local(meta: dict, schedule, conv_impl: str) -> tuple:
+    model = _unet(meta, conv_impl)
+    if meta["kind"] != fmt.ModelKind.DIFFUSION:
 
         def logits(params):
             def run(image, depth: int):
@@ -136,7 +145,7 @@ def _local(meta: dict, config: dict, schedule, conv_impl: str) -> tuple:
         return None, logits
     d = meta["diffusion"]
     target = sch.Target(d["target"])
-    scale = d.get("signal_scale", 1.0)
+    scale = d["signal_scale"]
     return (
         lambda params: seg.model_chain(model, params, schedule, target, d["clip_x0"], scale),
         None,
@@ -145,7 +154,7 @@ def _local(meta: dict, config: dict, schedule, conv_impl: str) -> tuple:
 
 def _local_available() -> bool:
     try:
-        import msseg.models.unet  # noqa: F401, PLC0415
+        import msseg.models.unet  # noqa: F401
 
         return True
     except ImportError:
@@ -156,11 +165,12 @@ def load_model(path: str | Path, route: str = "auto", conv_impl: str = "auto") -
     """Checks (checksums, format, jax version) and loads the model directory at `path`."""
     if route not in ROUTES:
         raise ValueError(f"route must be one of {ROUTES}, got {route!r}")
+    route = Route(route)
     root = Path(path)
     meta = fmt.verify(root)
-    if route == "auto":
-        route = "local" if _local_available() else "exported"
-    if route == "exported":
+    if route == Route.AUTO:
+        route = Route.LOCAL if _local_available() else Route.EXPORTED
+    if route == Route.EXPORTED:
         try:
             fmt.check_jax_version(meta["versions"]["jax"], jax.__version__)
         except InputError as e:
@@ -168,26 +178,28 @@ def load_model(path: str | Path, route: str = "auto", conv_impl: str = "auto") -
         prng = str(jax.random.key_impl(jax.random.key(0)))
         if meta.get("prng_impl") != prng:
             raise InputError(root, f"exported with PRNG {meta.get('prng_impl')}, jax uses {prng}")
-    config = json.loads((root / fmt.CONFIG).read_text())
     protocol = labels_lib.Protocol.from_json(json.loads((root / fmt.LABELS).read_text()))
     params = jax.tree.map(jnp.asarray, fmt.load_params(root / fmt.PARAMS))
     check_consistency(root, meta, protocol, params)
+    return _loaded(root, meta, protocol, params, route, conv_impl)
+
+
+def _loaded(root: Path, meta: dict, protocol, params, route: Route, conv_impl: str) -> LoadedModel:
+    """The LoadedModel of a model's facts (metadata.json, or `model_facts` in memory)."""
     d = meta.get("diffusion")
     schedule = sch.make_schedule(d["schedule"], d["num_timesteps"]) if d else None
-    if route == "exported":
+    if route == Route.EXPORTED:
         chain, logits = _exported(root, meta)
     else:
-        chain, logits = _local(meta, config, schedule, conv_impl)
-    pp = _tuples(meta["preprocess"])
+        chain, logits = _local(meta, schedule, conv_impl)
     return LoadedModel(
         path=root,
         metadata=meta,
-        config=config,
         protocol=protocol,
-        preprocess=PreprocessConfig(**pp),
+        preprocess=files.from_json(PreprocessConfig, meta["preprocess"]),
         patch=tuple(int(p) for p in meta["patch_size"]),
         num_classes=int(meta["model"]["num_classes"]),
-        num_depths=int(meta["model"]["num_depths"]),
+        num_depths=len(meta["model"]["channels"]),
         entry_depths=tuple(int(e) for e in meta["entry_depths"]),
         schedule=schedule,
         sampler_defaults=dict(meta["sampler"]),
@@ -206,9 +218,9 @@ def check_consistency(root: Path, meta: dict, protocol: labels_lib.Protocol, par
     problems = []
     try:
         m = meta["model"]
-        k, depths = int(m["num_classes"]), int(m["num_depths"])
+        k, depths = int(m["num_classes"]), len(m["channels"])
         image_channels = int(m["image_channels"])
-        diffusion = meta["kind"] == "diffusion"
+        diffusion = meta["kind"] == fmt.ModelKind.DIFFUSION
         tree = params["params"]
         if protocol.num_leaves != k:
             problems.append(f"labels.json has {protocol.num_leaves} leaves, metadata {k} classes")
@@ -231,7 +243,7 @@ def check_consistency(root: Path, meta: dict, protocol: labels_lib.Protocol, par
         spacing = [float(v) for v in meta["preprocess"]["spacing"]]
         if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
             problems.append(f"spacing {spacing} is not three positive numbers")
-        if diffusion != bool(meta.get("diffusion")):
+        if diffusion != bool(meta.get("diffusion")) or diffusion != bool(m["diffusion"]):
             problems.append(f"kind {meta['kind']!r} disagrees with the diffusion settings")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         problems.append(f"incomplete metadata or params ({type(e).__name__}: {e})")
@@ -249,7 +261,7 @@ def sampler_config(model: LoadedModel, **overrides) -> seg.SamplerConfig:
 def check_depths(model: LoadedModel, cfg: seg.SamplerConfig, depth: int) -> None:
     """Raises InputError unless the model was trained to enter at every depth the sampler
     needs at entry depth `depth`."""
-    c = cfg.coarse_depth if model.diffusion and cfg.kind == "multiscale" else 0
+    c = cfg.coarse_depth if model.diffusion and cfg.kind == seg.SamplerKind.MULTISCALE else 0
     missing = [d for d in range(depth, depth + c + 1) if d not in model.entry_depths]
     if missing:
         what = f"the {cfg.kind} sampler" if model.diffusion else "the segmenter"
@@ -291,60 +303,13 @@ def segment_batch(model: LoadedModel, cfg: seg.SamplerConfig, depth: int = 0):
     return jax.jit(run)
 
 
-def from_config(config: dict, *, seed: int = 0, conv_impl: str = "auto") -> LoadedModel:
-    """A model of a training config (a ConfigDict's `to_dict()`) with random params, on the
-    local route: for benchmarks before any training."""
-    protocol = labels_lib.get_protocol(config["data"]["protocol"] or "mni-tissue")
-    spacing = tuple(float(s) for s in config["data"]["spacing"])
-    model = in_memory(config, protocol, PreprocessConfig(spacing=spacing), None, conv_impl)
-    unet = _unet(config, protocol.num_leaves, conv_impl)
-    x = jnp.zeros((1, *model.patch, unet.cfg.in_channels))
-    t = jnp.zeros((1,), jnp.int32) if unet.cfg.diffusion else None
-    params = jax.jit(unet.init)(jax.random.key(seed), x, t)
-    return dataclasses.replace(model, path=Path("<random params>"), params=params)
-
-
 def in_memory(
-    config: dict,
-    protocol: labels_lib.Protocol,
-    preprocess: PreprocessConfig,
-    params,
-    conv_impl: str = "auto",
+    facts: dict[str, Any], protocol: labels_lib.Protocol, params, conv_impl: str = "auto"
 ) -> LoadedModel:
-    """A model of a training config (`to_dict()`), its protocol, the preprocessing of its
-    cache and `params`, on the local route (no model directory): what training-time
-    validation segments with."""
-    model = _unet(config, protocol.num_leaves, conv_impl)
-    ucfg = model.cfg
-    d = config["diffusion"]
-    meta = {
-        "kind": "diffusion" if ucfg.diffusion else "deterministic",
-        "model": {"num_classes": ucfg.num_classes},
-        "diffusion": {
-            "target": d["target"],
-            "signal_scale": d.get("signal_scale", 1.0),
-            "clip_x0": config["sampler"]["clip_x0"],
-        },
-    }
-    schedule = sch.make_schedule(d["schedule"], d["num_timesteps"]) if ucfg.diffusion else None
-    chain, logits = _local(meta, config, schedule, conv_impl)
-    return LoadedModel(
-        path=Path("<in memory>"),
-        metadata=meta,
-        config=config,
-        protocol=protocol,
-        preprocess=preprocess,
-        patch=tuple(config["data"]["pipeline"]["patch_size"]),
-        num_classes=ucfg.num_classes,
-        num_depths=ucfg.num_depths,
-        entry_depths=tuple(sorted({0, *config["train"]["entry_depths"]})),
-        schedule=schedule,
-        sampler_defaults=dict(config["sampler"]),
-        route="local",
-        params=params,
-        chain=chain,
-        logits=logits,
-    )
+    """A model of a run's facts (`msseg.train.setup.model_facts`: what its metadata.json would
+    hold), its protocol and `params`, on the local route (no model directory): what
+    training-time validation and the benchmarks segment with."""
+    return _loaded(Path("<in memory>"), facts, protocol, params, Route.LOCAL, conv_impl)
 
 
 def open_model(
@@ -360,15 +325,15 @@ def open_model(
     cfg = sampler_config(model, **sampler)
     given = [k for k, v in sampler.items() if v is not None]
     if not model.diffusion and given:
-        flags = ", ".join(f"--{k}" for k in given)
+        flags = ", ".join(f"--{'sampler' if k == 'kind' else k}" for k in given)
         raise ValueError(
             f"{model.path} is a deterministic model (no sampler): {flags} do not apply"
         )
-    if "steps" in given and cfg.kind != "ddim":
+    if "steps" in given and cfg.kind != seg.SamplerKind.DDIM:
         raise ValueError(
             f"--steps sets the ddim sampler's steps; the {cfg.kind} sampler does not use it"
-            + (" (it runs every timestep)" if cfg.kind == "ddpm" else "")
+            + (" (it runs every timestep)" if cfg.kind == seg.SamplerKind.DDPM else "")
         )
-    if "eta" in given and cfg.kind == "ddpm":
+    if "eta" in given and cfg.kind == seg.SamplerKind.DDPM:
         raise ValueError("--eta applies to DDIM chains; the ddpm sampler is always ancestral")
     return model, cfg

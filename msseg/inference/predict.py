@@ -32,7 +32,6 @@ import io as _io
 import os
 import re
 import time
-import uuid
 import zlib
 from pathlib import Path
 
@@ -40,9 +39,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from msseg import files, io
-from msseg.data import datasets
-from msseg.data.preprocess import prepare_image
+from msseg import files, io, names
+from msseg.data.prepare import prepare_image
 from msseg.diffusion import samplers
 from msseg.diffusion import segment as seg
 from msseg.errors import InputError
@@ -114,11 +112,6 @@ class Result:
     windows: int
 
 
-def output_name(path: str | os.PathLike) -> str:
-    """The name outputs are written under: the file name without its NIfTI/MGZ suffix."""
-    return datasets.case_id_of(path)
-
-
 def file_key(key: jax.Array, name: str) -> jax.Array:
     """The key of input `name`: the same file gets the same noise whatever else is in the batch."""
     return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
@@ -138,7 +131,7 @@ class Segmenter:
             raise ValueError(f"overlap must be in [0, 1), got {opts.overlap}")
         if opts.batch < 1:
             raise ValueError(f"batch must be >= 1, got {opts.batch}")
-        if model.diffusion and opts.sampler.kind == "ddim":
+        if model.diffusion and opts.sampler.kind == seg.SamplerKind.DDIM:
             samplers.chain_timesteps("ddim", model.schedule.num_timesteps, opts.sampler.steps)
         self.model, self.opts = model, opts
         self.fn = model_lib.segment_batch(model, opts.sampler, opts.depth)
@@ -189,12 +182,12 @@ class Segmenter:
         prepared, _ = prepare_image(source, cfg)
         probs, entropy, n = self.segment_array(prepared.image, key)
         labels, ent, conf = to_native(probs, entropy, prepared, volume, self.tree)
-        name = output_name(volume.path)
+        name = names.stem(volume.path)
         return Result(name, labels, ent, conf, volume, time.perf_counter() - start, n)
 
     def segment_file(self, path: str | os.PathLike, key: jax.Array) -> Result:
         """Loads and segments `path` with `file_key(key, its name)`."""
-        return self.segment_volume(io.load_image(path), file_key(key, output_name(path)))
+        return self.segment_volume(io.load_image(path), file_key(key, names.stem(path)))
 
 
 def low_res(volume: io.Volume, spacing, input_depth: int) -> io.Volume:
@@ -335,7 +328,7 @@ def qc_png(
 ) -> None:
     """Axial, coronal and sagittal mid slices of the image with an id map overlaid (default:
     the leaves; `background`: the id left transparent)."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     image = result.volume.data
     labels = result.labels if ids is None else ids
@@ -362,15 +355,10 @@ def qc_png(
     _atomic_bytes(path, buf.getvalue())
 
 
-def level_path(out_dir: Path, name: str, level: int) -> Path:
-    """Where `level="all"` writes tree level `level` of input `name`."""
-    return out_dir / f"{name}_seg_level{level}.nii.gz"
-
-
 class Staging:
     """Files written under hidden temporary names and renamed over their targets together.
 
-    `path(target)` names a temporary file next to `target` (`.<name>.<hex>.tmp<suffix>`, same
+    `path(target)` names a temporary file next to `target` (`names.temporary`: hidden, same
     suffix, so the io savers accept it); `commit()` checks that every one was written, renames
     each over its target, then removes the `stale` paths. Leaving the `with` block removes
     this staging's temporary files that are left (all of them without a commit): the targets
@@ -383,10 +371,8 @@ class Staging:
         self.stale: list[Path] = []
 
     def path(self, target: Path) -> Path:
-        target = Path(target)
-        suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp{suffix}")
-        self.files.append((tmp, target))
+        tmp = names.temporary(target)
+        self.files.append((tmp, Path(target)))
         return tmp
 
     def commit(self) -> None:
@@ -417,8 +403,8 @@ def stage_outputs(
     does not write are marked stale, so after the commit every file of `name` comes from the
     same result."""
     check_level(level, protocol)
-    seg_path = out_dir / f"{result.name}_seg.nii.gz"
-    unc_path = out_dir / f"{result.name}_uncertainty.nii.gz"
+    seg_path = names.segmentation(out_dir, result.name)
+    unc_path = names.uncertainty(out_dir, result.name)
     png_path = out_dir / f"{result.name}_qc.png"
     table = protocol.level_of_leaves()  # [L, K] the id of each leaf at each level
     ids, background = result.labels, 0
@@ -427,7 +413,7 @@ def stage_outputs(
     io.save_label(stage.path(seg_path), protocol.decode(ids), result.volume.source)
     paths = [seg_path]
     for lev in range(len(table)):
-        path = level_path(out_dir, result.name, lev)
+        path = names.level(out_dir, result.name, lev)
         if level == "all":
             leaf_ids = table[lev][result.labels]
             io.save_label(stage.path(path), protocol.decode(leaf_ids), result.volume.source)
@@ -456,9 +442,6 @@ def write_outputs(
     return paths
 
 
-_OUTPUT_NAME = re.compile(r"_(seg|seg_level\d+|uncertainty)$")  # sample.py's own outputs
-
-
 def find_inputs(spec: str) -> list[Path]:
     """A file, a folder (its .nii/.nii.gz/.mgz files, not hidden ones nor sample.py's own
     outputs) or a glob → sorted input paths; two inputs that would write the same outputs
@@ -468,11 +451,9 @@ def find_inputs(spec: str) -> list[Path]:
         files = [
             p
             for p in path.iterdir()
-            if p.is_file()
-            and p.name.endswith(datasets.NIFTI_SUFFIXES)
-            and not p.name.startswith(".")  # hidden: e.g. a killed run's temporary outputs
+            if p.is_file() and names.is_volume(p)  # not hidden: a killed run's temporary outputs
         ]
-        files = [p for p in files if not _OUTPUT_NAME.search(output_name(p))]
+        files = [p for p in files if not names.is_output(names.stem(p))]
     elif path.exists():
         files = [path]
     else:
@@ -481,7 +462,7 @@ def find_inputs(spec: str) -> list[Path]:
         raise FileNotFoundError(f"{spec}: no NIfTI/MGZ inputs (a file, a folder or a glob)")
     seen: dict[str, Path] = {}
     for f in sorted(files):
-        other = seen.setdefault(output_name(f), f)
+        other = seen.setdefault(names.stem(f), f)
         if other != f:
             raise InputError(f, f"writes the same outputs as {other} (same name)")
     return sorted(files)

@@ -1,4 +1,5 @@
-"""Building blocks of the 3D U-Net: convolution, resizing, time embedding, residual, attention.
+"""Building blocks of the 3D U-Net: the convolution module (over msseg.models.conv), GroupNorm,
+time embedding, residual and attention blocks.
 
 All arrays are channels-last, [B, X, Y, Z, C]. Normalisation statistics are computed in
 float32 whatever the compute dtype; parameters are kept in `param_dtype`.

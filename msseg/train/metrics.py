@@ -115,10 +115,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> None:
     """Loss terms per depth, learning rate and validation Dice per depth against step."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
     train = [r for r in rows if "loss" in r]
@@ -143,10 +143,8 @@ def plot_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> 
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(str(out_png) + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 def _num(v) -> float:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+
+class ValMode(enum.StrEnum):
+    """How validation segments: with the `sampler` config, or with a deterministic model's
+    logits (needs model.diffusion=False)."""
+
+    SAMPLER = "sampler"
+    DETERMINISTIC = "deterministic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +43,7 @@ class TrainConfig:
     init_from: str = ""  # workdir or checkpoint step folder to take params from (no resume)
     val_cases: int = 0  # validation cases to sample (0 = all)
     val_depths: tuple[int, ...] = (0,)  # entry depths validated (Dice per depth)
-    val_mode: str = "sampler"  # "sampler" (the `sampler` config) | "deterministic" head
+    val_mode: ValMode = ValMode.SAMPLER
     # segment validation cases as tools/evaluate.py does (sliding windows of the patch, scored
     # on the scans' own grids); False: whole volumes on the cache grid (msseg.train.validate)
     val_windows: bool = True
@@ -45,8 +54,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.entry_probs and len(self.entry_probs) != len(self.entry_depths):
             raise ValueError("train.entry_probs must be empty or match train.entry_depths")
-        if self.val_mode not in ("sampler", "deterministic"):
-            raise ValueError(f"train.val_mode must be sampler|deterministic, not {self.val_mode!r}")
+        modes = tuple(m.value for m in ValMode)
+        if self.val_mode not in modes:
+            raise ValueError(f"train.val_mode must be one of {modes}, got {self.val_mode!r}")
+        object.__setattr__(self, "val_mode", ValMode(self.val_mode))
         if self.steps < 1:
             raise ValueError("train.steps must be >= 1")
 

@@ -37,8 +37,10 @@ from msseg.data import datasets
 from msseg.data.pipeline import CaseSource, id_fractions
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
+from msseg.evaluation import report
 from msseg.models.resize import downsample
 from msseg.models.unet import MultiscaleUNet
+from msseg.train.state import ValMode
 
 
 @dataclasses.dataclass
@@ -74,7 +76,7 @@ def make_segmenter(
     s: sch.Schedule | None,
     sampler: seg.SamplerConfig,
     target: sch.Target,
-    mode: str,
+    mode: ValMode,
     tree: labels_lib.LevelTables | None = None,
     scale: float = 1.0,
 ):
@@ -83,7 +85,7 @@ def make_segmenter(
 
     def run(params, images, key, depth: int):
         x = downsample(images, 2**depth)
-        if mode == "deterministic" or not model.cfg.diffusion:
+        if mode == ValMode.DETERMINISTIC or not model.cfg.diffusion:
             out = seg.segment_deterministic(model, params, x, depth, tree)
         else:
             out = seg.segment(model, params, x, key, s, sampler, target, depth, tree, scale)
@@ -92,35 +94,12 @@ def make_segmenter(
     return jax.jit(run, static_argnums=(3,))
 
 
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    total = pred.sum() + ref.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(pred, ref).sum() / total)
-
-
 def dice_scores(pred: np.ndarray, ref: np.ndarray, protocol: labels_lib.Protocol) -> dict:
-    """Leaf ids `pred`, reference ids `ref` (partial ids and IGNORE allowed) → {id name: mean
-    Dice over cases} for every non-background id of every tree level, and {"level<l>": mean
-    of that level's ids}. Each label is scored where the reference decides it."""
-    inside, outside = protocol.relations()
-    names = protocol.id_names()
-    pred = pred.astype(np.uint8)
-    out, levels = {}, {}
-    for level, ids in enumerate(protocol.levels()):
-        level_scores = []
-        for i in ids:
-            if i == 0:  # background
-                continue
-            if names[i] not in out:
-                decided = inside[i][ref] | outside[i][ref]
-                per_case = [
-                    dice(inside[i][p] & m, inside[i][r] & m)
-                    for p, r, m in zip(pred, ref, decided, strict=True)
-                ]
-                out[names[i]] = float(np.mean(per_case))
-            level_scores.append(out[names[i]])
-        levels[f"level{level}"] = float(np.mean(level_scores)) if level_scores else float("nan")
-    return {**out, **levels}
+    """Leaf ids `pred` [N, ...], reference ids `ref` [N, ...] (partial ids and IGNORE allowed)
+    → the mean over the N cases of each case's `msseg.evaluation.report.level_dice`: what
+    tools/evaluate.py reports, scored the same way."""
+    cases = [report.level_dice(p, r, protocol) for p, r in zip(pred, ref, strict=True)]
+    return {n: float(np.mean([c[n] for c in cases])) for n in cases[0]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +144,7 @@ class WindowValidator:
     compiles once per entry depth)."""
 
     def __init__(self, model, sampler: seg.SamplerConfig, depths, overlap: float, batch: int):
-        from msseg.inference import predict  # noqa: PLC0415 (inference imports training-free code)
+        from msseg.inference import predict  # inference imports training-free code
 
         self.model, self.depths = model, tuple(depths)
         opts = predict.Options(sampler, overlap=overlap, batch=batch)
@@ -174,12 +153,11 @@ class WindowValidator:
         }
 
     def __call__(self, params, cases: list[WindowCase], key: jax.Array) -> dict:
-        from msseg.inference import predict  # noqa: PLC0415
+        from msseg.inference import predict
 
         params = jax.tree.map(to_host, params)
         protocol = self.model.protocol
         tree = protocol.level_tables()
-        k = protocol.num_leaves
         metrics = {}
         for d in self.depths:
             segmenter = self.segmenters[d].with_params(params)
@@ -196,12 +174,9 @@ class WindowValidator:
                     probs, _, _ = segmenter.segment_array(image, ck)
                     pred = np.asarray(seg.tree_labels(probs, tree))
                     ref = pooled_ids(c.ref, d, protocol)
-                scores.append(dice_scores(pred[None], ref[None], protocol))
-            names = scores[0].keys()
-            mean = {n: float(np.mean([s[n] for s in scores])) for n in names}
+                scores.append(report.level_dice(pred, ref, protocol))
+            mean = {n: float(np.mean([s[n] for s in scores])) for n in scores[0]}
             metrics.update({f"val/depth{d}/{n}": v for n, v in mean.items()})
-            leaves = [mean[n] for n in protocol.id_names()[1:k]]
-            metrics[f"val/depth{d}/leaves"] = float(np.mean(leaves))
         metrics["val_dice"] = metrics[f"val/depth{self.depths[0]}/leaves"]
         return metrics
 
@@ -229,14 +204,11 @@ def to_host(x: jax.Array) -> np.ndarray:
 def validate(segmenter, params, valset: ValSet, key: jax.Array) -> dict:
     """Flat metrics: `val/depth<d>/<name>`, `val/depth<d>/level<l>`, and `val_dice` (mean Dice
     of the foreground leaves at the finest validated depth)."""
-    k = valset.protocol.num_leaves
     metrics = {}
     depths = sorted(valset.targets)
     for d in depths:
         pred = to_host(segmenter(params, valset.images, key, d))
         scores = dice_scores(pred, valset.targets[d], valset.protocol)
         metrics.update({f"val/depth{d}/{name}": v for name, v in scores.items()})
-        leaves = [scores[n] for n in valset.protocol.id_names()[1:k]]
-        metrics[f"val/depth{d}/leaves"] = float(np.mean(leaves))
     metrics["val_dice"] = metrics[f"val/depth{depths[0]}/leaves"]
     return metrics

@@ -1,0 +1,56 @@
+"""The sampling flags of tools/sample.py and tools/evaluate.py, defined once: the sampler
+settings (each defaults to the model's own), the windowing and the route, and the model they
+open."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from msseg.diffusion import sampler_config as sc
+from msseg.inference import model as model_lib
+
+SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
+
+
+def define_sampling_flags() -> None:
+    """Defines --sampler, --steps, --ensemble, --eta, --fusion, --step_fusion (None: the
+    model's default), --seed, --overlap, --batch and --route."""
+    flags.DEFINE_enum("sampler", None, list(sc.SAMPLERS), "Sampler (default: the model's).")
+    flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
+    flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
+    flags.DEFINE_float("eta", None, "DDIM eta in [0, 1], 0 = deterministic given the noise.")
+    flags.DEFINE_enum("fusion", None, list(sc.FUSIONS), "Ensemble fusion (default: the model's).")
+    flags.DEFINE_enum(
+        "step_fusion",
+        None,
+        list(sc.STEP_FUSIONS),
+        "DDIM step fusion: the chain's per-step estimates averaged (default: the model's).",
+    )
+    flags.DEFINE_integer("seed", 0, "Random seed (same seed, same segmentation).")
+    flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
+    flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+    flags.DEFINE_enum(
+        "route",
+        model_lib.Route.AUTO.value,
+        list(model_lib.ROUTES),
+        "exported artifact, or the model rebuilt with this machine's fastest convolution "
+        "(local, needs flax); auto: local where msseg's model code imports.",
+    )
+
+
+def open_model(values: flags.FlagValues) -> tuple[model_lib.LoadedModel, sc.SamplerConfig]:
+    """`model_lib.open_model` of --model with the sampler flags given (the rest: the model's)."""
+    overrides = {name: values[name].value for name in SAMPLER_FLAGS}
+    overrides["kind"] = overrides.pop("sampler")
+    return model_lib.open_model(values.model, values.route, **overrides)
+
+
+def use_compilation_cache(folder: str) -> None:
+    """jax's persistent compilation cache in `folder` ('' = off): a rerun skips compiling."""
+    if folder:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
