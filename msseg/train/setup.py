@@ -27,6 +27,7 @@ from msseg.data.prepare import PreprocessConfig, check_spacing
 from msseg.diffusion import losses, samplers
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
+from msseg.export import format as fmt
 from msseg.inference import model as model_lib
 from msseg.labels import IGNORE, Protocol, get_protocol
 from msseg.models.unet import MultiscaleUNet, UNetConfig
@@ -272,7 +273,7 @@ def model_facts(setup: Setup, preprocess_config: dict[str, Any]) -> dict[str, An
     return json.loads(
         json.dumps(
             {
-                "kind": "diffusion" if cfg.diffusion else "deterministic",
+                "kind": fmt.ModelKind.DIFFUSION if cfg.diffusion else fmt.ModelKind.DETERMINISTIC,
                 "model": unet,
                 "patch_size": list(setup.pipeline.patch_size),
                 "entry_depths": setup.entry_depths,

@@ -4,7 +4,6 @@ msseg.evaluation.plots)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,13 +11,13 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from msseg import files
+
 Draw = Callable[[Sequence[Axes], dict], None]  # draws results.json `res` on the two panels
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f"tmp-{os.getpid()}-{path.name}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
 
 
 def plot(name: str, draw: Draw, res: dict, folder: Path) -> list[str]:

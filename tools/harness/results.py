@@ -18,11 +18,13 @@ from importlib import metadata
 from pathlib import Path
 
 from absl import logging
+
 from harness import figures
 from harness.design import EvalJob
 from harness.paths import ROOT, repo_relative, shown
 from harness.plan import Settings, eval_command, train_commands
 from harness.registry import DEFAULT_EXPERIMENTS, EXPERIMENTS, Experiment
+from msseg import files
 
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 READING = "## Reading"
@@ -111,12 +113,6 @@ def _title(exp: Experiment) -> str:
     return exp.folder.replace("_", " ").capitalize()
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _readme(
     s: Settings,
     exp: Experiment,
@@ -185,10 +181,10 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
             "evaluated": evaluated(s, _read_by(s, exp, jobs)),
             **res,
         }
-        _atomic(folder / "results.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
+        files.write_text(folder / "results.json", json.dumps(res, indent=1, allow_nan=False) + "\n")
         plots = figures.plot(name, exp.draw, res, folder)
         old = (folder / "README.md").read_text() if (folder / "README.md").exists() else ""
-        _atomic(folder / "README.md", _readme(s, exp, res, mach, jobs, plots, old))
+        files.write_text(folder / "README.md", _readme(s, exp, res, mach, jobs, plots, old))
         written.append(folder / "results.json")
         logging.info("suite: wrote %s", folder)
     # the tables of every experiment with results (also those of an earlier, partial run),
@@ -204,9 +200,9 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
     block = "\n\n".join(sections)
     suite = s.results / f"{s.date}_suite"
     suite.mkdir(parents=True, exist_ok=True)
-    _atomic(suite / "table.md", block + "\n")
+    files.write_text(suite / "table.md", block + "\n")
     commands = (s.out / "commands.log").read_text() if (s.out / "commands.log").exists() else ""
-    _atomic(
+    files.write_text(
         suite / "suite.json",
         json.dumps(
             {
@@ -225,5 +221,5 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
             raise ValueError(f"{s.readme}: no {BEGIN} ... {END} block to put the results in")
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
-        _atomic(s.readme, f"{head}{BEGIN}\n{block}\n{END}{tail}")
+        files.write_text(s.readme, f"{head}{BEGIN}\n{block}\n{END}{tail}")
     return written
