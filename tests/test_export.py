@@ -362,7 +362,8 @@ def _blocker(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exported, tmp_path):
     """sample.py runs with jax + numpy only (flax/optax/orbax/grain unimportable), on an LAS
-    oblique volume and a truncated file (reported, exit code 1), then evaluate.py scores it."""
+    oblique volume (with flip TTA) and a truncated file (reported, exit code 1), then
+    evaluate.py scores it."""
     _, model_dir, raw = exported
     image = sorted((raw / "imagesTs").glob("*.nii.gz"))[0]
     label = raw / "labelsTs" / image.name.replace("_0000", "")
@@ -387,6 +388,7 @@ def test_tools_end_to_end_with_an_oblique_las_input_and_no_training_packages(exp
             "--steps=2",
             "--ensemble=2",
             "--level=all",
+            "--tta=flip",
             f"--compilation_cache={tmp_path / 'jaxcache'}",
         ],
         env=env,

@@ -8,10 +8,12 @@ import os
 import runpy
 from pathlib import Path
 
+import jax
 import nibabel as nib
 import numpy as np
 import pytest
 
+from msseg.diffusion import segment as seg
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
 from msseg.inference import predict
@@ -163,3 +165,37 @@ def test_find_inputs_skips_hidden_files(tmp_path):
     for name in ("case.nii.gz", ".case_seg.nii.gz.0123abcd.tmp.nii.gz", "._case.nii.gz"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in predict.find_inputs(str(tmp_path))] == ["case.nii.gz"]
+
+
+def test_flip_tta_averages_in_the_mirror_images_probabilities_with_sides_swapped(model):
+    """tta=flip: the mirror image is segmented too (its own noise stream), its probabilities
+    mirrored back with left and right leaves swapped and averaged in; windows count both
+    passes. A volume of one window makes the result mirror-equivariant."""
+    cfg = model_lib.sampler_config(model)
+    plain = predict.Segmenter(model, predict.Options(cfg))
+    flip = predict.Segmenter(model, predict.Options(cfg, tta="flip"))
+    mirror = np.asarray(model.protocol.leaf_mirror)
+    assert (
+        sorted(mirror) == list(range(model.num_classes))
+        and (mirror != np.arange(len(mirror))).any()
+    )
+    image = np.random.default_rng(0).normal(size=(19, 17, 15)).astype(np.float32)
+    key = jax.random.key(0)
+    a, _, n = plain.segment_array(image, key)
+    b, _, _ = plain.segment_array(image[::-1].copy(), jax.random.fold_in(key, predict._FLIP_STREAM))
+    probs, entropy, windows = flip.segment_array(image, key)
+    np.testing.assert_allclose(probs, (a + b[::-1][..., mirror]) / 2, atol=1e-6)
+    assert windows == 2 * n
+    np.testing.assert_allclose(
+        entropy, -(probs * np.log(np.maximum(probs, 1e-12))).sum(-1), atol=1e-5
+    )
+
+    one = np.random.default_rng(1).normal(size=model.patch).astype(np.float32)
+    p, _, _ = flip.segment_array(one, key)
+    q, _, _ = flip.segment_array(one[::-1].copy(), key)
+    np.testing.assert_allclose(q, p[::-1][..., mirror], atol=1e-6)
+
+
+def test_an_unknown_tta_is_refused():
+    with pytest.raises(ValueError, match=r"tta must be one of \('none', 'flip'\), got 'rotate'"):
+        predict.Options(seg.SamplerConfig(), tta="rotate")

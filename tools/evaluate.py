@@ -103,7 +103,12 @@ def _model_mode():
     try:
         model, cfg = cli.open_model(FLAGS)
         opts = predict.Options(
-            cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, input_depth=FLAGS.input_depth
+            cfg,
+            FLAGS.seed,
+            FLAGS.overlap,
+            FLAGS.batch,
+            input_depth=FLAGS.input_depth,
+            tta=FLAGS.tta,
         )
         result = evaluate.evaluate_model(
             model,

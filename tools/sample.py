@@ -55,7 +55,9 @@ def main(argv):
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"sample.py: {e}")
     logging.info("sample: %d input(s), route %s, %s", len(inputs), model.route, cfg)
-    opts = predict.Options(cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, FLAGS.depth, level)
+    opts = predict.Options(
+        cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, FLAGS.depth, level, tta=FLAGS.tta
+    )
     # settings, the output folder and its volumes.csv are checked before the first file
     try:
         done, failures = predict.run(model, inputs, FLAGS.output, opts)

@@ -10,6 +10,7 @@ from absl import flags
 
 from msseg.diffusion import sampler_config as sc
 from msseg.inference import model as model_lib
+from msseg.inference import predict
 
 SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
 
@@ -31,6 +32,13 @@ def define_sampling_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Random seed (same seed, same segmentation).")
     flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
     flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+    flags.DEFINE_enum(
+        "tta",
+        predict.TTA.NONE.value,
+        list(predict.TTAS),
+        "Test-time augmentation: flip also segments the left/right mirror image and averages "
+        "its probabilities in (left and right labels swapped back); twice the windows.",
+    )
     flags.DEFINE_enum(
         "route",
         model_lib.Route.AUTO.value,

@@ -118,6 +118,7 @@ def evaluate_model(
             "median_seconds_per_case": round(
                 statistics.median(c["seconds"] for c in cases.values()), 3
             ),
+            "tta": str(opts.tta),  # flip: windows (and evaluations) count both passes
             "denoiser_evals_per_window": per_window,
             "denoiser_evals_per_case": sum(c["denoiser_evals"] for c in cases.values())
             / len(cases),

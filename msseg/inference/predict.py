@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import enum
 import glob
 import io as _io
 import os
@@ -43,16 +44,29 @@ from msseg import files, io, names
 from msseg.data.prepare import prepare_image
 from msseg.diffusion import samplers
 from msseg.diffusion import segment as seg
+from msseg.diffusion.sampler_config import choice
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
 from msseg.inference import window
 from msseg.labels import LevelTables, Protocol
 
+_FLIP_STREAM = 0x5EED_F11B  # the flipped pass's noise: its own stream of the case's key
 LEVELS = ("leaves", "all")
 """`Options.level` besides a tree level number: the leaves only, or the leaves and every level."""
 
 CHUNK_VALUES = 1 << 24
 """Leaf probabilities held at once on the input's grid by `to_native` (float32 values)."""
+
+
+class TTA(enum.StrEnum):
+    """Test-time augmentation: none, or the left/right mirror image segmented as well, its
+    probabilities mirrored back (left and right leaves swapped) and averaged in."""
+
+    NONE = "none"
+    FLIP = "flip"
+
+
+TTAS = tuple(t.value for t in TTA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +80,10 @@ class Options:
     # > 0: simulate a scan acquired at spacing * 2^input_depth (the image is resampled to
     # that grid first, then to the entry depth's grid): how a model fares on a low-res scan
     input_depth: int = 0
+    tta: TTA = TTA.NONE
 
     def __post_init__(self):
+        object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
         if not isinstance(self.input_depth, int) or self.input_depth < 0:
             raise ValueError(f"input_depth must be an integer >= 0, got {self.input_depth!r}")
         level = self.level
@@ -148,7 +164,20 @@ class Segmenter:
         """Prepared image [X, Y, Z] → (probs [X, Y, Z, K], entropy [X, Y, Z], windows).
 
         probs are the fused probabilities (the ensemble mean, or vote shares for "vote")
-        blended over windows; entropy is theirs, in nats."""
+        blended over windows; entropy is theirs, in nats. With `tta="flip"` the image mirrored
+        left/right (axis 0 of the canonical RAS grid) is segmented too, with its own noise;
+        its probabilities are mirrored back with left and right leaves swapped, and the two
+        are averaged (windows counts both passes)."""
+        probs, n = self._blended(image, key)
+        if self.opts.tta == TTA.FLIP:
+            mirror = np.asarray(self.model.protocol.leaf_mirror)
+            flipped, m = self._blended(image[::-1], jax.random.fold_in(key, _FLIP_STREAM))
+            probs, n = (probs + flipped[::-1][..., mirror]) / 2, n + m
+        entropy = -(probs * np.log(np.maximum(probs, 1e-12))).sum(-1)
+        return probs, entropy.astype(np.float32), n
+
+    def _blended(self, image: np.ndarray, key: jax.Array) -> tuple[np.ndarray, int]:
+        """The window-blended, normalised probabilities of `image`, and the window count."""
         k, b = self.model.num_classes, self.opts.batch
         padded, crop = window.pad_to(image, self.patch, float(image.min()))
         starts = window.window_starts(padded.shape, self.patch, self.opts.overlap)
@@ -166,9 +195,7 @@ class Segmenter:
             for j, st in enumerate(chunk):
                 blender.add(st, probs[j])
         probs = blender.result()[crop]
-        probs = probs / np.maximum(probs.sum(-1, keepdims=True), 1e-12)
-        entropy = -(probs * np.log(np.maximum(probs, 1e-12))).sum(-1)
-        return probs, entropy.astype(np.float32), len(starts)
+        return probs / np.maximum(probs.sum(-1, keepdims=True), 1e-12), len(starts)
 
     def segment_volume(self, volume: io.Volume, key: jax.Array) -> Result:
         """A loaded image → its segmentation on the image's canonical grid."""
