@@ -36,6 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     p.contrast_range = (0.75, 1.25)
     p.noise_std = 0.1
     p.synth_prob = 0.0
+    p.lowres_prob = 0.0  # patches seen as a coarser scan (thick slices); 0 = none
+    p.lowres_max_factor = 4.0
     p.num_workers = 0
     p.num_threads = 2
     p.prefetch = 4

@@ -245,3 +245,42 @@ def test_bad_dataset_weights_name_the_problem(two_dataset_cache):
     shard = grain.sharding.ShardOptions(shard_index=1, shard_count=2)
     with pytest.raises(ValueError, match=r"shard 1/2 of 'train' of 'Coarse' is empty"):
         pipeline.make_dataset(two_dataset_cache, "train", cfg, seed=0, shard=shard)
+
+
+def _energy_of_differences(image: np.ndarray, axis: int) -> float:
+    return float((np.diff(image, axis=axis) ** 2).mean())
+
+
+def test_random_resolution_blurs_one_axis_most_and_keeps_the_grid():
+    """The image as a thick-slice scan: same shape, the fine detail along the thick axis
+    mostly gone, mean intensity kept; a factor of 1 everywhere is (nearly) the identity."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(24, 20, 16)).astype(np.float32)
+    thick = []
+    for seed in range(6):
+        out = augment.random_resolution(image, np.random.default_rng(seed), max_factor=4.0)
+        assert out.shape == image.shape and out.dtype == np.float32
+        assert abs(float(out.mean() - image.mean())) < 0.05
+        energy = [_energy_of_differences(out, a) for a in range(3)]
+        assert max(energy) < 0.8 * _energy_of_differences(image, 0)  # every axis smoothed some
+        thick.append(int(np.argmin(energy)))
+    assert len(set(thick)) > 1  # the thick axis is drawn
+    same = augment.random_resolution(image, np.random.default_rng(0), max_factor=1.0)
+    np.testing.assert_allclose(same, image, atol=1e-5)
+
+
+def test_random_resolution_is_off_by_default_and_changes_only_images(tiny_mni_cache):
+    """lowres_prob is 0 by default; at 1 the same patches come out with other images and the
+    same labels."""
+    on = dataclasses.replace(CFG, lowres_prob=1.0, intensity_prob=0.0)
+    off = dataclasses.replace(CFG, intensity_prob=0.0)
+    assert CFG.lowres_prob == 0.0
+    make = lambda cfg: take(
+        iter(pipeline.make_dataset(str(tiny_mni_cache), "train", cfg, seed=3, shard=ONE)), 3
+    )
+    a, b = make(off), make(on)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["label"], y["label"])
+    assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="lowres_prob must be in"):
+        dataclasses.replace(CFG, lowres_prob=1.5)

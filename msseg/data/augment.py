@@ -2,9 +2,11 @@
 
 Spatial: a patch is read around a centre, optionally through a small random rotation and
 scaling (image linear, labels nearest), padded where it leaves the volume; a left/right
-flip mirrors axis 0 (x in RAS+) and swaps left and right label ids. Intensity: bias field,
-gamma, contrast and noise on the normalised patch, or SynthSeg-style random intensities
-drawn per label. Shapes: image patches [X, Y, Z], label patches [X, Y, Z] uint8 ids.
+flip mirrors axis 0 (x in RAS+) and swaps left and right label ids. Resolution: the image as
+if acquired with thicker slices (blur, downsample, back to the grid; labels untouched).
+Intensity: bias field, gamma, contrast and noise on the normalised patch, or SynthSeg-style
+random intensities drawn per label. Shapes: image patches [X, Y, Z], label patches [X, Y, Z]
+uint8 ids.
 """
 
 from __future__ import annotations
@@ -66,6 +68,27 @@ def flip_lr(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mirror axis 0 (x) and swap left/right ids through the [256] lookup table `swap`."""
     return image[::-1].copy(), swap[label[::-1]]
+
+
+# Gaussian sigma of a slice profile whose full width at half maximum is one (new) voxel
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+
+
+def random_resolution(image: np.ndarray, rng: np.random.Generator, max_factor: float) -> np.ndarray:
+    """[X, Y, Z] image → the same grid, as if acquired at a coarser resolution: one random axis
+    gets thick slices (voxel size × a factor uniform in [1, max_factor]), the other two a factor
+    in [1, max(1, max_factor / 2)]. Each axis is blurred by the slice profile (a Gaussian of
+    FWHM = the factor, in voxels), sampled on the coarse grid and interpolated back (linear).
+    Labels stay as they are: the model learns the fine labels of a coarse image."""
+    hi = max(1.0, max_factor)
+    factors = rng.uniform(1.0, max(1.0, hi / 2), 3)
+    factors[rng.integers(3)] = rng.uniform(1.0, hi)
+    sigma = np.where(factors > 1.0, FWHM_TO_SIGMA * factors, 0.0)
+    blurred = ndimage.gaussian_filter(image.astype(np.float32), sigma, mode="nearest")
+    low = ndimage.zoom(blurred, 1.0 / factors, order=1, mode="nearest", grid_mode=True)
+    back = [n / m for n, m in zip(image.shape, low.shape, strict=True)]
+    out = ndimage.zoom(low, back, order=1, mode="nearest", grid_mode=True)
+    return out[: image.shape[0], : image.shape[1], : image.shape[2]].astype(np.float32)
 
 
 def smooth_noise(rng: np.random.Generator, shape, control: int = 4) -> np.ndarray:

@@ -48,11 +48,19 @@ class PipelineConfig:
     contrast_range: tuple[float, float] = (0.75, 1.25)
     noise_std: float = 0.1
     synth_prob: float = 0.0  # SynthSeg-style random per-label intensities
+    # share of the patches seen as a coarser scan (thick slices up to lowres_max_factor x the
+    # voxel size on one axis, half that on the others; augment.random_resolution); 0 = none
+    lowres_prob: float = 0.0
+    lowres_max_factor: float = 4.0
     num_workers: int = 0  # grain worker processes (0: in-process)
     num_threads: int = 2
     prefetch: int = 4
 
     def __post_init__(self):
+        if not 0.0 <= self.lowres_prob <= 1.0:
+            raise ValueError(f"lowres_prob must be in [0, 1], got {self.lowres_prob}")
+        if not self.lowres_max_factor >= 1.0:
+            raise ValueError(f"lowres_max_factor must be >= 1, got {self.lowres_max_factor}")
         w = self.dataset_weights
         if w and (any(not np.isfinite(x) or x < 0 for x in w) or sum(w) <= 0):
             raise ValueError(f"dataset_weights {w} must be >= 0 with a positive sum")
@@ -142,6 +150,8 @@ class RandomPatch(grain.transforms.RandomMap):
             img, lab = augment.flip_lr(img, lab, self.lr_swap)
         if rng.random() < cfg.synth_prob:
             img = augment.synth_intensities(lab, rng)
+        if cfg.lowres_prob and rng.random() < cfg.lowres_prob:  # no draw when off
+            img = augment.random_resolution(img, rng, cfg.lowres_max_factor)
         img = augment.intensity_augment(
             img,
             rng,
