@@ -56,8 +56,8 @@ T = TypeVar("T")
 def from_json(cls: type[T], record: Mapping[str, Any]) -> T:
     """The frozen dataclass `cls` of a JSON record (its `dataclasses.asdict`): lists become the
     tuples the dataclass holds. An unknown key is a TypeError naming it."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(record) - names)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(record) - fields)
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})

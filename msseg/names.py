@@ -22,7 +22,6 @@ OUTPUT_SUFFIX = ".nii.gz"  # what the sampler writes
 SEG = "_seg"
 UNCERTAINTY = "_uncertainty"
 _OUTPUT = re.compile(r"_(seg|seg_level\d+|uncertainty)$")
-_SIDECAR = re.compile(r"_(uncertainty|seg_level\d+)$")
 _CHANNEL = re.compile(r"_\d{4}$")
 
 
@@ -53,7 +52,7 @@ def is_output(name: str) -> bool:
 
 def is_sidecar(name: str) -> bool:
     """A stem of the sampler's outputs other than the segmentation an evaluation scores."""
-    return bool(_SIDECAR.search(name))
+    return is_output(name) and not name.endswith(SEG)
 
 
 def segmentation(out_dir: Path, name: str) -> Path:

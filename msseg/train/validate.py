@@ -38,6 +38,7 @@ from msseg.data.pipeline import CaseSource, id_fractions
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
 from msseg.evaluation import report
+from msseg.inference import predict
 from msseg.models.resize import downsample
 from msseg.models.unet import MultiscaleUNet
 from msseg.train.state import ValMode
@@ -95,9 +96,9 @@ def make_segmenter(
 
 
 def dice_scores(pred: np.ndarray, ref: np.ndarray, protocol: labels_lib.Protocol) -> dict:
-    """Leaf ids `pred` [N, ...], reference ids `ref` [N, ...] (partial ids and IGNORE allowed)
-    → the mean over the N cases of each case's `msseg.evaluation.report.level_dice`: what
-    tools/evaluate.py reports, scored the same way."""
+    """Leaf ids `pred` [N, ...] and reference ids `ref` [N, ...] (or lists of N cases of any
+    shapes; partial ids and IGNORE allowed) → the mean over the N cases of each case's
+    `msseg.evaluation.report.level_dice`: what tools/evaluate.py reports, scored the same way."""
     cases = [report.level_dice(p, r, protocol) for p, r in zip(pred, ref, strict=True)]
     return {n: float(np.mean([c[n] for c in cases])) for n in cases[0]}
 
@@ -144,8 +145,6 @@ class WindowValidator:
     compiles once per entry depth)."""
 
     def __init__(self, model, sampler: seg.SamplerConfig, depths, overlap: float, batch: int):
-        from msseg.inference import predict  # inference imports training-free code
-
         self.model, self.depths = model, tuple(depths)
         opts = predict.Options(sampler, overlap=overlap, batch=batch)
         self.segmenters = {
@@ -153,15 +152,13 @@ class WindowValidator:
         }
 
     def __call__(self, params, cases: list[WindowCase], key: jax.Array) -> dict:
-        from msseg.inference import predict
-
         params = jax.tree.map(to_host, params)
         protocol = self.model.protocol
         tree = protocol.level_tables()
         metrics = {}
         for d in self.depths:
             segmenter = self.segmenters[d].with_params(params)
-            scores = []
+            preds, refs = [], []
             for c in cases:
                 ck = predict.file_key(key, c.name)
                 if isinstance(c.image, io.Volume):
@@ -174,9 +171,10 @@ class WindowValidator:
                     probs, _, _ = segmenter.segment_array(image, ck)
                     pred = np.asarray(seg.tree_labels(probs, tree))
                     ref = pooled_ids(c.ref, d, protocol)
-                scores.append(report.level_dice(pred, ref, protocol))
-            mean = {n: float(np.mean([s[n] for s in scores])) for n in scores[0]}
-            metrics.update({f"val/depth{d}/{n}": v for n, v in mean.items()})
+                preds.append(pred)
+                refs.append(ref)
+            scores = dice_scores(preds, refs, protocol)
+            metrics.update({f"val/depth{d}/{n}": v for n, v in scores.items()})
         metrics["val_dice"] = metrics[f"val/depth{self.depths[0]}/leaves"]
         return metrics
 
