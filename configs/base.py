@@ -38,6 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     p.synth_prob = 0.0
     p.lowres_prob = 0.0  # patches seen as a coarser scan (thick slices); 0 = none
     p.lowres_max_factor = 4.0
+    p.elastic_prob = 0.0  # patches read through a smooth random displacement field; 0 = none
+    p.elastic_std_vox = 2.0  # the displacement's std at its control points, in voxels
+    p.elastic_grid_vox = 12.0  # spacing of the displacement's control points, in voxels
+    p.fov_crop_prob = 0.0  # patches cut at one side as at a scan's field-of-view edge; 0 = none
+    p.fov_crop_max_fraction = 0.4  # the cut slab's largest thickness, as a share of the patch
     p.num_workers = 0
     p.num_threads = 2
     p.prefetch = 4

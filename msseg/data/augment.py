@@ -1,9 +1,12 @@
 """Patch extraction and augmentation on numpy arrays, each drawing from an explicit Generator.
 
 Spatial: a patch is read around a centre, optionally through a small random rotation and
-scaling (image linear, labels nearest), padded where it leaves the volume; a left/right
-flip mirrors axis 0 (x in RAS+) and swaps left and right label ids. Resolution: the image as
-if acquired with thicker slices (blur, downsample, back to the grid; labels untouched).
+scaling and/or a smooth random (elastic) displacement field (image linear, labels nearest),
+padded where it leaves the volume; a left/right flip mirrors axis 0 (x in RAS+) and swaps
+left and right label ids. Field of view: a random slab at one side of the patch cut away
+(image pad value, labels background), as at the edge of a scan's field of view. Resolution:
+the image as if acquired with thicker slices (blur, downsample, back to the grid; labels
+untouched).
 Intensity: bias field, gamma, contrast and noise on the normalised patch, or SynthSeg-style
 random intensities drawn per label. Shapes: image patches [X, Y, Z], label patches [X, Y, Z]
 uint8 ids.
@@ -33,16 +36,19 @@ def extract_patch(
     size: tuple[int, int, int],
     *,
     matrix: np.ndarray | None = None,
+    displacement: np.ndarray | None = None,
     pad_value: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The patch of `size` centred on voxel `centre`, padded outside the volume.
 
     With `matrix` (3x3, in voxel units) patch offset p reads volume position centre + M p;
-    labels outside the volume are background (0).
+    `displacement` ([3, *size], volume voxels, e.g. elastic_offsets) is added to the position
+    each patch voxel reads (without a matrix: to the plain patch's voxel positions, so a zero
+    displacement gives the plain patch). Labels outside the volume are background (0).
     """
     size = np.asarray(size)
     centre = np.asarray(centre, np.float64)
-    if matrix is None:
+    if matrix is None and displacement is None:
         lo = np.round(centre).astype(int) - size // 2
         hi = lo + size
         src = tuple(
@@ -54,13 +60,65 @@ def extract_patch(
         img[dst] = image[src]
         lab[dst] = label[src]
         return img, lab
-    offsets = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in size], indexing="ij"))
-    coords = np.tensordot(matrix, offsets, axes=(1, 0)) + centre[:, None, None, None]
+    if matrix is None:  # the plain patch's voxels: lo + index, as in the slicing above
+        lo = np.round(centre) - size // 2
+        coords = np.stack(
+            np.meshgrid(*[np.arange(n) + a for n, a in zip(size, lo, strict=True)], indexing="ij")
+        )
+    else:
+        offsets = np.stack(np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in size], indexing="ij"))
+        coords = np.tensordot(matrix, offsets, axes=(1, 0)) + centre[:, None, None, None]
+    if displacement is not None:
+        coords = coords + displacement
     img = ndimage.map_coordinates(
         np.asarray(image), coords, order=1, mode="constant", cval=pad_value
     )
     lab = ndimage.map_coordinates(np.asarray(label), coords, order=0, mode="constant", cval=0)
     return img.astype(np.float32), lab.astype(np.uint8)
+
+
+def elastic_offsets(
+    rng: np.random.Generator, size: tuple[int, int, int], std_vox: float, grid_vox: float
+) -> np.ndarray:
+    """[3, *size] float32 smooth random displacement in voxels: per component, unit-normal
+    control points about every `grid_vox` voxels (at least 2 per axis), cubic-spline upsampled
+    to the patch (as smooth_noise, done axis by axis), times `std_vox`."""
+    size = tuple(int(n) for n in size)
+    control = [max(2, int(np.ceil(n / grid_vox)) + 1) for n in size]
+    coarse = rng.standard_normal((3, *control))
+    wx, wy, wz = (_cubic_upsampling(k, n) for k, n in zip(control, size, strict=True))
+    field = np.einsum("xi,yj,zk,cijk->cxyz", wx, wy, wz, coarse, optimize=True)
+    return (std_vox * field).astype(np.float32)
+
+
+def _cubic_upsampling(k: int, n: int) -> np.ndarray:
+    """[n, k] weights: k control values → n points, ndimage.zoom's cubic spline (which is a
+    tensor product, so applying this on each axis equals zooming the 3-D grid)."""
+    cols = [ndimage.zoom(e, n / k, order=3, mode="nearest")[:n] for e in np.eye(k)]
+    return np.stack(cols, axis=1)
+
+
+def fov_crop(
+    image: np.ndarray,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    max_fraction: float,
+    pad_value: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A patch at the edge of a scan's field of view: on one random axis and side, a slab of
+    thickness uniform in [0, max_fraction * size] voxels becomes pad_value in the image and
+    background (0) in the labels, as inference pads and labels outside the scan. Returns new
+    arrays (the inputs may be read-only)."""
+    axis = int(rng.integers(3))
+    side = int(rng.integers(2))
+    n = image.shape[axis]
+    width = int(rng.integers(int(max_fraction * n) + 1))
+    img, lab = np.array(image, np.float32), np.array(label, np.uint8)
+    cut = [slice(None)] * 3
+    cut[axis] = slice(0, width) if side == 0 else slice(n - width, n)
+    img[tuple(cut)] = pad_value
+    lab[tuple(cut)] = 0
+    return img, lab
 
 
 def flip_lr(

@@ -42,6 +42,17 @@ class PipelineConfig:
     spatial_prob: float = 0.2  # rotation/scaling
     max_rotation_deg: float = 10.0
     scale_range: tuple[float, float] = (0.9, 1.1)
+    # share of the patches read through a smooth random displacement field (augment.
+    # elastic_offsets: unit-normal control points every elastic_grid_vox voxels, times
+    # elastic_std_vox voxels; image linear, labels nearest); 0 = none, and no random draw
+    elastic_prob: float = 0.0
+    elastic_std_vox: float = 2.0
+    elastic_grid_vox: float = 12.0
+    # share of the patches cut as at the edge of a scan's field of view (augment.fov_crop: a
+    # slab of up to fov_crop_max_fraction of the patch on one side becomes pad value / label
+    # background, after the flip); 0 = none, and no random draw
+    fov_crop_prob: float = 0.0
+    fov_crop_max_fraction: float = 0.4
     intensity_prob: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
     bias_std: float = 0.3
@@ -57,6 +68,19 @@ class PipelineConfig:
     prefetch: int = 4
 
     def __post_init__(self):
+        for name in ("elastic_prob", "fov_crop_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not (np.isfinite(self.elastic_std_vox) and self.elastic_std_vox >= 0.0):
+            raise ValueError(f"elastic_std_vox must be finite and >= 0, got {self.elastic_std_vox}")
+        if not (np.isfinite(self.elastic_grid_vox) and self.elastic_grid_vox >= 1.0):
+            raise ValueError(
+                f"elastic_grid_vox must be finite and >= 1 (voxels), got {self.elastic_grid_vox}"
+            )
+        if not 0.0 <= self.fov_crop_max_fraction < 1.0:
+            raise ValueError(
+                f"fov_crop_max_fraction must be in [0, 1), got {self.fov_crop_max_fraction}"
+            )
         if not 0.0 <= self.lowres_prob <= 1.0:
             raise ValueError(f"lowres_prob must be in [0, 1], got {self.lowres_prob}")
         if not self.lowres_max_factor >= 1.0:
@@ -143,11 +167,25 @@ class RandomPatch(grain.transforms.RandomMap):
         matrix = None
         if rng.random() < cfg.spatial_prob:
             matrix = augment.random_rotation_scaling(rng, cfg.max_rotation_deg, cfg.scale_range)
+        displacement = None
+        if cfg.elastic_prob and rng.random() < cfg.elastic_prob:  # no draw when off
+            displacement = augment.elastic_offsets(
+                rng, cfg.patch_size, cfg.elastic_std_vox, cfg.elastic_grid_vox
+            )
+        pad = element["pad_value"]
         img, lab = augment.extract_patch(
-            image, label, centre, cfg.patch_size, matrix=matrix, pad_value=element["pad_value"]
+            image,
+            label,
+            centre,
+            cfg.patch_size,
+            matrix=matrix,
+            displacement=displacement,
+            pad_value=pad,
         )
         if rng.random() < cfg.flip_lr_prob:
             img, lab = augment.flip_lr(img, lab, self.lr_swap)
+        if cfg.fov_crop_prob and rng.random() < cfg.fov_crop_prob:  # no draw when off
+            img, lab = augment.fov_crop(img, lab, rng, cfg.fov_crop_max_fraction, pad)
         if rng.random() < cfg.synth_prob:
             img = augment.synth_intensities(lab, rng)
         if cfg.lowres_prob and rng.random() < cfg.lowres_prob:  # no draw when off
