@@ -36,6 +36,8 @@ from msseg.errors import InputError
 
 Codes = tuple[tuple[int, int], ...]  # sorted (raw value, protocol id or IGNORE) pairs
 
+# the embedded sets (msseg.data.mni152.EMBEDDED): skull-stripped, and inside synthetic heads
+EMBEDDED = ("mni152", "mni152-heads")
 IGNORE_NAMES = ("ignore", "unknown")  # label names meaning IGNORE unless the protocol has them
 
 
@@ -95,8 +97,8 @@ def resolve(
     val_fraction: float = 0.2,
     cache: str | os.PathLike | None = None,
 ) -> Dataset:
-    """The dataset named by SPEC (a folder, `mni152` for the embedded set, or several of these
-    joined by commas).
+    """The dataset named by SPEC (a folder, `mni152` / `mni152-heads` for the embedded sets, or
+    several of these joined by commas).
 
     Several SPECs make one `Dataset`: each keeps its own splits and label table; they must
     share one protocol, and a case id found in two of them is an error (no renaming).
@@ -138,16 +140,16 @@ def _combine(parts: list[Dataset]) -> Dataset:
 def _resolve_one(
     spec: str | os.PathLike, protocol: str | None, val_fraction: float, cache
 ) -> Dataset:
-    if str(spec) == "mni152":
+    if str(spec) in EMBEDDED:
         from msseg.data import mni152  # keeps scipy warping code off other paths
 
-        root = mni152.build(cache=cache)
+        root = mni152.build(mni152.EMBEDDED[str(spec)], cache=cache)
         return _from_dataset_json(root, root / "dataset.json", protocol, val_fraction)
     root = Path(spec).expanduser()
     if not root.exists():
-        raise InputError(root, "dataset folder not found (expected a folder or 'mni152')")
+        raise InputError(root, f"dataset folder not found (expected a folder or one of {EMBEDDED})")
     if not root.is_dir():
-        raise InputError(root, "a dataset SPEC must be a folder or 'mni152'")
+        raise InputError(root, f"a dataset SPEC must be a folder or one of {EMBEDDED}")
     meta_path = root / "dataset.json"
     meta = _read_json(meta_path) if meta_path.is_file() else {}
     if isinstance(meta.get("training"), list):

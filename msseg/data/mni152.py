@@ -30,7 +30,7 @@ import numpy as np
 from absl import logging
 from scipy import ndimage
 
-from msseg.data import augment
+from msseg.data import augment, heads
 from msseg.files import sha256_file
 
 TEMPLATE_FILES = {
@@ -68,10 +68,29 @@ class SynthConfig:
     gamma_range: tuple[float, float] = (0.75, 1.35)
     bias_std: float = 0.2  # std of the log bias field
     noise_range: tuple[float, float] = (0.01, 0.04)  # Rician sigma, relative to max intensity
+    head: heads.HeadConfig | None = None  # synthetic heads around the brains (None: stripped)
+
+    def fields(self) -> dict:
+        """The settings as JSON-ready values (no `head` for skull-stripped sets, as before it
+        existed, so their keys and dataset.json are unchanged)."""
+        fields = dataclasses.asdict(self)
+        if fields["head"] is None:
+            del fields["head"]
+        return fields
 
     def key(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.fields(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+
+# the embedded sets by SPEC name: skull-stripped brains, and the same kind of brains (other
+# subjects) inside synthetic heads with random contrasts and resolutions
+EMBEDDED = {"mni152": SynthConfig(), "mni152-heads": SynthConfig(head=heads.HeadConfig())}
+
+
+def set_name(cfg: SynthConfig) -> str:
+    """The SPEC name of a set: its folder, file and case-id prefix."""
+    return "mni152" if cfg.head is None else "mni152-heads"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,9 +203,14 @@ def synthesize_subject(
     """One subject: (int16 image [X, Y, Z], uint8 labels [X, Y, Z], affine 4x4).
 
     With identity=True the spatial transform and intensity changes are off, so at 1 mm the
-    labels equal `template_labels` exactly (used by the tests to check the rule).
+    labels equal `template_labels` exactly (used by the tests to check the rule). With
+    `cfg.head` the grid grows around the template's (heads.pad_grid) and the brain is
+    rendered inside a synthetic head (heads.head_regions, heads.render), then seen at a random
+    resolution.
     """
     shape, affine = subject_grid(template, cfg.spacing)
+    if cfg.head is not None:
+        shape, affine = heads.pad_grid(shape, affine, cfg.spacing, cfg.head)
     extent = np.asarray(shape) * cfg.spacing
     inv_t = np.linalg.inv(template.affine)
     brain = np.argwhere(template.t1 > 0.2).mean(axis=0)
@@ -227,16 +251,24 @@ def synthesize_subject(
         return out
 
     t1, gm, wm = warp(template.t1), warp(template.gm), warp(template.wm)
-    x_src = np.zeros(shape, np.float32)  # outside the box the labels are 0 whatever x is
-    x_src[inside] = template.affine[0, :3] @ pts + template.affine[0, 3]
-    labels = tissue_labels(t1, gm, wm, x_src)
+    x_src = template.affine[0, :3] @ pts + template.affine[0, 3]
+    labels = np.zeros(shape, np.uint8)  # outside the box the labels are 0 whatever x is
+    labels[inside] = tissue_labels(t1[inside], gm[inside], wm[inside], x_src)
     del x_src
     if identity:
         return np.round(t1 * 1000).astype(np.int16), labels, affine
-    img = t1 * (1 + rng.uniform(-1, 1) * cfg.tissue_contrast * gm)
-    img *= 1 + rng.uniform(-1, 1) * cfg.tissue_contrast * wm
-    img = np.clip(img, 0, None) ** rng.uniform(*cfg.gamma_range)
+    if cfg.head is None:
+        img = t1 * (1 + rng.uniform(-1, 1) * cfg.tissue_contrast * gm)
+        img *= 1 + rng.uniform(-1, 1) * cfg.tissue_contrast * wm
+        img = np.clip(img, 0, None) ** rng.uniform(*cfg.gamma_range)
+    else:
+        field = lambda grid_mm: smooth_field(shape, extent, grid_mm, rng)  # noqa: E731
+        regions = heads.head_regions(labels > 0, cfg.spacing, cfg.head, rng, field)
+        img = heads.render(regions, t1, gm, wm, cfg.spacing, cfg.head, rng)
+        del regions
     img *= np.exp(cfg.bias_std * smooth_field(shape, extent, 64.0, rng))
+    if cfg.head is not None:
+        img = augment.random_resolution(img, rng, cfg.head.max_slice_mm / cfg.spacing)
     sigma = rng.uniform(*cfg.noise_range) * float(img.max())
     n1, n2 = (sigma * rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
     img = np.sqrt((img + n1) ** 2 + n2**2)
@@ -244,8 +276,10 @@ def synthesize_subject(
     return np.clip(np.round(img), 0, 32767).astype(np.int16), labels, affine
 
 
-def _subject_seed(split: str, index: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence(BASE_SEED, spawn_key=(SPLITS.index(split), index))
+def _subject_seed(cfg: SynthConfig, split: str, index: int) -> np.random.SeedSequence:
+    """Each subject's own stream; the sets with heads draw other subjects than mni152."""
+    key = (SPLITS.index(split), index) if cfg.head is None else (SPLITS.index(split), index, 1)
+    return np.random.SeedSequence(BASE_SEED, spawn_key=key)
 
 
 def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
@@ -258,10 +292,10 @@ def _write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
 
 def _build_subject(root: Path, cfg: SynthConfig, split: str, index: int) -> dict:
     """Writes one subject's image and label files; returns its dataset.json entry."""
-    rng = np.random.default_rng(_subject_seed(split, index))
+    rng = np.random.default_rng(_subject_seed(cfg, split, index))
     image, labels, affine = synthesize_subject(load_template(), cfg, rng)
     sub = "Tr" if split != "test" else "Ts"
-    name = f"mni152_{split}_{index:03d}.nii.gz"
+    name = f"{set_name(cfg)}_{split}_{index:03d}.nii.gz"
     entry = {"image": f"./images{sub}/{name}", "label": f"./labels{sub}/{name}"}
     _write_nifti(root / entry["image"], image, affine)
     _write_nifti(root / entry["label"], labels, affine)
@@ -271,7 +305,7 @@ def _build_subject(root: Path, cfg: SynthConfig, split: str, index: int) -> dict
 def dataset_dir(cfg: SynthConfig = SynthConfig(), cache: str | os.PathLike | None = None) -> Path:
     """Where the set for `cfg` lives (built or not)."""
     tag = f"{cfg.spacing:g}mm-{'-'.join(map(str, cfg.counts))}"
-    return cache_root(cache) / f"mni152-v{FORMAT_VERSION}-{tag}-{cfg.key()}"
+    return cache_root(cache) / f"{set_name(cfg)}-v{FORMAT_VERSION}-{tag}-{cfg.key()}"
 
 
 def verify(root: Path) -> str | None:
@@ -326,14 +360,15 @@ def build(
     ordered = {
         s: [entries[(s, i)] for i in range(n)] for s, n in zip(SPLITS, cfg.counts, strict=True)
     }
+    what = " (nilearn)" if cfg.head is None else " (nilearn), inside synthetic heads"
     meta = {
-        "name": "mni152",
-        "description": "Synthetic T1 subjects warped from the ICBM152 2009a template (nilearn).",
+        "name": set_name(cfg),
+        "description": f"Synthetic T1 subjects warped from the ICBM152 2009a template{what}.",
         "protocol": "mni-tissue",
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "tensorImageSize": "3D",
         "spacing_mm": cfg.spacing,
-        "synth_config": dataclasses.asdict(cfg),
+        "synth_config": cfg.fields(),
         "training": ordered["train"],
         "validation": ordered["val"],
         "test": ordered["test"],

@@ -304,7 +304,7 @@ def run(
     """SPEC → preprocessed cache at `output` (tools/preprocess.py). Returns the manifest.
 
     spec: one SPEC, or several joined by commas (one cache; see `datasets.resolve`).
-    spacing: target voxel size in mm; default 2 mm when every SPEC is `mni152`, else the
+    spacing: target voxel size in mm; default 2 mm when every SPEC is an embedded set, else the
       median over all datasets' labelled images.
     """
     if spacing is not None:  # settings and the output folder first: before any dataset work
@@ -312,7 +312,7 @@ def run(
     files.make_output_dir(output)
     dataset = datasets.resolve(spec, protocol=protocol, val_fraction=val_fraction, cache=cache)
     if spacing is None:
-        every_mni = all(s == "mni152" for s in datasets.split_spec(spec))
+        every_mni = all(s in datasets.EMBEDDED for s in datasets.split_spec(spec))
         spacing = (2.0, 2.0, 2.0) if every_mni else median_spacing(dataset)
     cfg = PreprocessConfig(spacing=check_spacing(spacing), margin_mm=margin_mm)
     return preprocess_dataset(dataset, output, cfg, workers)
