@@ -129,7 +129,7 @@ def head_regions(
     regions[neck & ~brain] = REGIONS.index("neck")
     regions[brain] = REGIONS.index("brain")
     outside_dura = ~core & (outer >= 2) & (outer < len(SHELLS))  # from the inner table out
-    del outer, shells
+    del shells
     if rng.random() < cfg.eye_prob:
         # in front of the brain, below its middle: a pair mirrored about its centre line
         dx = rng.uniform(0.35, 0.5) * half_mm[0] / spacing
@@ -138,7 +138,7 @@ def head_regions(
         radii = rng.uniform(9.0, 13.0, 3)
         for side in (-1, 1):
             eye = _ellipsoid(shape, spacing, (mid[0] + side * dx, y, z), radii)
-            regions[eye & ~core] = REGIONS.index("eye")
+            regions[eye & ~core & (outer >= 2)] = REGIONS.index("eye")
     candidates = np.argwhere(outside_dura | (neck & ~brain))
     for k in range(rng.integers(0, cfg.max_blobs + 1) if len(candidates) else 0):
         centre = candidates[rng.integers(len(candidates))]
