@@ -140,3 +140,13 @@ def test_the_heads_set_builds_resolves_and_combines_with_mni152(tmp_path):
 def test_unknown_embedded_names_are_refused_with_the_known_ones(spec, tmp_path):
     with pytest.raises(datasets.InputError, match="mni152-heads"):
         datasets.resolve(spec, cache=tmp_path)
+
+
+def test_random_tissue_levels_keep_tissues_apart_in_any_order():
+    rng = np.random.default_rng(0)
+    draws = np.array([heads.tissue_levels(rng, 0.2) for _ in range(300)])
+    assert draws.min() >= 0.0 and draws.max() <= 1.0
+    gaps = np.abs(draws[:, [0, 0, 1]] - draws[:, [1, 2, 2]])
+    assert gaps.min() >= 0.2
+    orders = {tuple(np.argsort(d)) for d in draws}
+    assert len(orders) == 6  # T1-like, T2-like and every other order occur

@@ -9,7 +9,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "data",
     None,
-    "Dataset SPEC: a folder (dataset.json or imagesTr/labelsTr) or 'mni152'; several SPECs "
+    "Dataset SPEC: a folder (dataset.json or imagesTr/labelsTr), 'mni152' or 'mni152-heads'; "
+    "several SPECs "
     "joined by commas go into one cache (same protocol, unique case ids).",
 )
 flags.DEFINE_string("output", None, "Cache folder to write (arrays + manifest.json).")

@@ -62,10 +62,12 @@ class HeadConfig:
     boundary_std_mm: float = 1.5  # ... + std * smooth field (mm)
     eye_prob: float = 0.8
     max_blobs: int = 4
-    random_contrast_prob: float = 0.5  # SynthSeg-style random levels, else T1-like
+    random_contrast_prob: float = 0.35  # SynthSeg-style random levels, else T1-like
+    min_tissue_gap: float = 0.2  # random levels of CSF, GM and WM at least this far apart
     texture_std: float = 0.06  # max per-region voxel noise, relative to white matter
     max_blur_mm: float = 1.0  # max Gaussian sigma of the rendered image
-    max_slice_mm: float = 6.0  # random resolution: slices up to this thick on one axis
+    lowres_prob: float = 0.5  # share of the subjects seen at a random resolution ...
+    max_slice_mm: float = 6.0  # ... with slices up to this thick on one axis
 
 
 def pad_grid(
@@ -147,6 +149,15 @@ def head_regions(
     return regions
 
 
+def tissue_levels(rng: np.random.Generator, gap: float) -> np.ndarray:
+    """Random CSF, GM and WM levels in [0, 1], in any order, pairwise at least `gap` apart (a
+    contrast in which the tissues cannot be told apart teaches nothing)."""
+    while True:
+        levels = rng.uniform(0.0, 1.0, 3)
+        if np.min(np.abs(levels[:, None] - levels[None, :]) + 2 * np.eye(3)) >= gap:
+            return levels
+
+
 def render(
     regions: np.ndarray,
     t1: np.ndarray,
@@ -160,8 +171,8 @@ def render(
 
     T1-like subjects keep the template's own brain (its T1, with GM/WM contrast and gamma
     jittered as in the skull-stripped set); random-contrast subjects draw CSF, GM and WM levels
-    and mix them by the tissue maps (partial volume). Every region gets a random voxel noise
-    ("texture"), and the image a random blur.
+    (`tissue_levels`) and mix them by the tissue maps (partial volume). Every region gets a
+    random voxel noise ("texture"), and the image a random blur.
     """
     names = [*REGIONS, *("blob",) * (int(regions.max()) + 1 - FIRST_BLOB)]
     random_contrast = rng.random() < cfg.random_contrast_prob
@@ -177,7 +188,7 @@ def render(
     img = levels[regions] + texture[regions] * rng.standard_normal(regions.shape, np.float32)
     brain = regions == brain_code
     if random_contrast:
-        csf_l, gm_l, wm_l = rng.uniform(0.0, 1.0, 3)
+        csf_l, gm_l, wm_l = tissue_levels(rng, cfg.min_tissue_gap)
         g, w = gm[brain], wm[brain]
         tissue = np.clip(1.0 - g - w, 0.0, 1.0) * csf_l + g * gm_l + w * wm_l
     else:

@@ -267,7 +267,7 @@ def synthesize_subject(
         img = heads.render(regions, t1, gm, wm, cfg.spacing, cfg.head, rng)
         del regions
     img *= np.exp(cfg.bias_std * smooth_field(shape, extent, 64.0, rng))
-    if cfg.head is not None:
+    if cfg.head is not None and rng.random() < cfg.head.lowres_prob:
         img = augment.random_resolution(img, rng, cfg.head.max_slice_mm / cfg.spacing)
     sigma = rng.uniform(*cfg.noise_range) * float(img.max())
     n1, n2 = (sigma * rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
