@@ -2,14 +2,15 @@
 the brain's label map alone (the SynthSeg / SynthStrip recipe: Billot et al., MedIA 2023;
 Hoopes et al., NeuroImage 2022).
 
-Around the brain mask, shells are grown by distance: outer CSF, dura, inner table, diploë,
-outer table, muscle, fat, skin; each shell's thickness is drawn per subject and its boundaries
-are moved by smooth random fields, so no two heads are alike. A neck-like column runs down
-from under the brain, two eye-like ellipsoids sit in front of and below it (at random), and up
-to a few random ellipsoids ("blobs") sit anywhere outside the dura. Each region gets its own
-intensity: T1-like levels (relative to white matter = 1) for part of the subjects, SynthSeg-style
-uniform random levels per region, the brain's CSF/GM/WM included, for the rest. Everything
-outside the brain stays background in the labels: a head changes only the image.
+Around the brain mask, shells are grown by distance: dura, inner table, diploë, outer table,
+muscle, fat, skin (no CSF shell: the brain label holds its CSF up to the dura). Each shell's
+thickness is drawn per subject and its boundaries are moved by smooth random fields, so no two
+heads are alike. A neck-like column runs down from under the brain, two eye-like ellipsoids
+sit in front of and below it (at random), and up to a few random ellipsoids ("blobs") sit
+anywhere outside the dura. Each region gets its own intensity: T1-like levels (relative to
+white matter = 1) for part of the subjects, SynthSeg-style random levels per region, the
+brain's CSF/GM/WM included, for the rest. Everything outside the brain stays background in
+the labels: a head changes only the image.
 
 Regions are small integer codes ([X, Y, Z] uint8): 0 air, 1 brain, then `REGIONS[2:]`.
 """
@@ -21,9 +22,10 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-# shells outward from the brain, with their thickness ranges in mm
+# shells outward from the brain, with their thickness ranges in mm. No CSF shell: the brain
+# label includes its CSF up to the dura (as skull-stripping masks do), so a dark CSF-like band
+# outside the brain labelled background would contradict the label rule at the brain's edge
 SHELLS = (
-    ("csf", (0.5, 4.0)),
     ("dura", (0.5, 2.0)),
     ("inner table", (0.8, 2.5)),
     ("diploe", (0.5, 5.0)),
@@ -37,7 +39,6 @@ FIRST_BLOB = len(REGIONS)  # blob k has code FIRST_BLOB + k
 # T1-weighted levels relative to white matter (= 1), drawn uniformly in these ranges
 T1_LEVELS = {
     "air": (0.0, 0.0),
-    "csf": (0.05, 0.35),
     "dura": (0.2, 0.7),
     "inner table": (0.0, 0.15),
     "diploe": (0.4, 1.1),
@@ -55,6 +56,8 @@ TEMPLATE_WM = 0.84  # mean white-matter value of the template T1 (in [0, 1])
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """How heads are drawn. Part of the embedded set's SynthConfig (and so of its cache key)."""
+
+    generator: int = 2  # raised whenever the drawing code changes, so old caches are not reused
 
     pad_mm: float = 12.0  # the template's field of view grown by this on every side ...
     neck_mm: float = 48.0  # ... and by this much more below, for the neck
@@ -127,10 +130,11 @@ def head_regions(
         outer += dist > edge * scale + shift
     del scale, shift
     shells = ~core & (outer < len(SHELLS))
-    regions[shells] = REGIONS.index("csf") + outer[shells]
+    regions[shells] = REGIONS.index(SHELLS[0][0]) + outer[shells]
     regions[neck & ~brain] = REGIONS.index("neck")
     regions[brain] = REGIONS.index("brain")
-    outside_dura = ~core & (outer >= 2) & (outer < len(SHELLS))  # from the inner table out
+    beyond_dura = outer >= 1  # from the inner table out
+    outside_dura = ~core & beyond_dura & (outer < len(SHELLS))
     del shells
     if rng.random() < cfg.eye_prob:
         # in front of the brain, below its middle: a pair mirrored about its centre line
@@ -140,7 +144,7 @@ def head_regions(
         radii = rng.uniform(9.0, 13.0, 3)
         for side in (-1, 1):
             eye = _ellipsoid(shape, spacing, (mid[0] + side * dx, y, z), radii)
-            regions[eye & ~core & (outer >= 2)] = REGIONS.index("eye")
+            regions[eye & ~core & beyond_dura] = REGIONS.index("eye")
     candidates = np.argwhere(outside_dura | (neck & ~brain))
     for k in range(rng.integers(0, cfg.max_blobs + 1) if len(candidates) else 0):
         centre = candidates[rng.integers(len(candidates))]
