@@ -33,7 +33,9 @@ def _regions(seed: int, brain=None, cfg=CFG, field=_flat_field) -> np.ndarray:
 def test_pad_grid_keeps_world_positions_and_grows_most_below():
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = (-90.0, -120.0, -70.0)
-    shape, padded = heads.pad_grid((10, 12, 14), affine, 2.0, heads.HeadConfig(12.0, 48.0))
+    shape, padded = heads.pad_grid(
+        (10, 12, 14), affine, 2.0, heads.HeadConfig(pad_mm=12.0, neck_mm=48.0)
+    )
     assert shape == (10 + 12, 12 + 12, 14 + 12 + 24)
     # old voxel (0, 0, 0) is new voxel (6, 6, 30): the same world point
     np.testing.assert_allclose(padded @ [6, 6, 30, 1], affine @ [0, 0, 0, 1])
