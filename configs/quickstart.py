@@ -17,14 +17,11 @@ get_base = runpy.run_path(str(Path(__file__).with_name("base.py")))["get_config"
 
 def get_config(arg=None):
     c = get_base(arg)
-    # skull-stripped subjects and, for 30% of the patches, subjects inside synthetic heads of
-    # random contrast and resolution, so full-head scans segment too (the real-scans issue)
-    c.data.spec = "mni152,mni152-heads"
+    c.data.spec = "mni152"
     c.data.spacing = (2.0, 2.0, 2.0)
     p = c.data.pipeline
     p.patch_size = (48, 48, 48)
     p.batch_size = 2
-    p.dataset_weights = (0.7, 0.3)
     m = c.model
     m.channels = (8, 16, 32, 64)
     m.num_res_blocks = (0, 1, 1, 1)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import runpy
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,19 @@ def test_diffusion_section_matches_loss_config():
     recipe = {"mse_weight": 0.0, "ce_weight": 1.0, "dice_weight": 1.0, "recycle_prob": 1.0}
     assert cfg == losses.LossConfig(target=sch.Target.LOGITS, **recipe)
     assert d["train_timesteps"] == "sampler"
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.py")), ids=lambda p: p.name
+)
+def test_every_shipped_config_passes_the_checks_and_names_known_data(path):
+    from msseg.data import datasets
+    from msseg.train import setup
+
+    c = runpy.run_path(str(path))["get_config"]()
+    setup.check_config(c)
+    PipelineConfig(**c.data.pipeline.to_dict())
+    for spec in datasets.split_spec(c.data.spec):
+        assert spec in datasets.EMBEDDED or "/" in spec or spec == "", spec
+    weights = c.data.pipeline.dataset_weights
+    assert not weights or len(weights) == len(datasets.split_spec(c.data.spec))
