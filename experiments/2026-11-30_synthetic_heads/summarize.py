@@ -88,6 +88,20 @@ def main(*runs: str) -> None:
                 comparisons[f"{first} minus {second} on the {SETS[s]}, brain (points)"] = paired(
                     scores[second][s], scores[first][s], "brain"
                 )
+    if {"mni152-heads", "twins"} <= set(scores[first]):
+        full, twin = scores[first]["mni152-heads"], scores[first]["twins"]
+        lines += [
+            "",
+            f"{first}, per case:",
+            "",
+            "| case | brain full head | brain twin | leaf full head | leaf twin |",
+            "|---|---|---|---|---|",
+        ]
+        for c in sorted(full):
+            lines.append(
+                f"| {c} | {full[c]['brain']:.4f} | {twin[c]['brain']:.4f} | "
+                f"{full[c]['leaf']:.4f} | {twin[c]['leaf']:.4f} |"
+            )
     lines.append("")
     for k, v in comparisons.items():
         lines.append(
