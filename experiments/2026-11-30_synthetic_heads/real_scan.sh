@@ -7,14 +7,13 @@
 #   apt-get install mricron-data
 #   bash experiments/2026-11-30_synthetic_heads/real_scan.sh MODEL_DIR OUT
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-cd "$HERE/../.."
-MODEL=${1:?model directory}
-OUT=${2:?output folder}
-PY=${PY:-.venv/bin/python}
-SRC=${SRC:-/usr/share/mricron/templates}
-export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
-mkdir -p "$OUT/in"
+SRC=${SRC:-/usr/share/mricron/templates}  # where mricron-data puts the scans
+MODEL=$(realpath "${1:?model directory}") OUT=${2:?output folder}
+mkdir -p "$OUT/in" && OUT=$(realpath "$OUT")
 cp "$SRC/ch2.nii.gz" "$SRC/ch2bet.nii.gz" "$OUT/in/"
-"$PY" tools/sample.py --model="$MODEL" --input="$OUT/in" --output="$OUT" --overlap=0.25 --batch=2
-"$PY" "$HERE/real_scan.py" "$OUT" | tee "$OUT/real_scan.txt"
+cd "$(dirname "$0")/../.."
+export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
+"${PY:-.venv/bin/python}" tools/sample.py --model="$MODEL" --input="$OUT/in" --output="$OUT" \
+  --overlap=0.25 --batch=2
+"${PY:-.venv/bin/python}" experiments/2026-11-30_synthetic_heads/real_scan.py "$OUT" \
+  | tee "$OUT/real_scan.txt"
