@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from msseg.data import datasets, heads, mni152
 
@@ -46,8 +47,8 @@ def test_the_brain_is_kept_and_shells_grow_outwards_in_order():
     brain = _ball_brain()
     regions = _regions(0, brain, heads.HeadConfig(eye_prob=0.0, max_blobs=0))
     assert np.array_equal(regions == CODE["brain"], brain)
-    dist = __import__("scipy").ndimage.distance_transform_edt(~brain, sampling=2.0)
-    upper = (regions == regions) & (np.arange(40)[None, None, :] > 30)  # above the neck
+    dist = ndimage.distance_transform_edt(~brain, sampling=2.0)
+    upper = np.arange(40)[None, None, :] > 30  # above the neck
     means = []
     for name, _ in heads.SHELLS:
         sel = (regions == CODE[name]) & upper
@@ -56,7 +57,7 @@ def test_the_brain_is_kept_and_shells_grow_outwards_in_order():
     assert len(means) >= 6 and np.all(np.diff(means) > 0), means
     assert (regions == CODE["air"]).any()  # the head ends inside the grid
     # directly outside the brain: the dura (or the next shell where the dura is thin)
-    shell = __import__("scipy").ndimage.binary_dilation(brain) & ~brain
+    shell = ndimage.binary_dilation(brain) & ~brain
     assert set(np.unique(regions[shell])) <= {CODE["dura"], CODE["inner table"], CODE["neck"]}
     assert "csf" not in heads.REGIONS  # the brain label holds its CSF up to the dura
 
@@ -68,8 +69,8 @@ def test_neck_is_below_the_brain_and_eyes_and_blobs_stay_out_of_it():
         regions = _regions(seed, brain, heads.HeadConfig(eye_prob=1.0, max_blobs=4))
         assert np.array_equal(regions == CODE["brain"], brain)
         neck_z = np.argwhere((regions == CODE["neck"]) | (regions >= heads.FIRST_BLOB))[:, 2]
-        assert len(neck_z) and neck_z.min() == 0  # runs down to the grid's bottom (blobs may
-        bare = _regions(seed, brain, heads.HeadConfig(eye_prob=1.0, max_blobs=0))  # cover it)
+        assert len(neck_z) and neck_z.min() == 0  # down to the grid's bottom (blobs may cover it)
+        bare = _regions(seed, brain, heads.HeadConfig(eye_prob=1.0, max_blobs=0))
         neck_top = np.argwhere(bare == CODE["neck"])[:, 2].max()
         assert neck_top < np.argwhere(brain)[:, 2].max()
         others = regions >= CODE["eye"]

@@ -14,6 +14,8 @@ uint8 ids.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import ndimage
 
@@ -91,11 +93,15 @@ def elastic_offsets(
     return (std_vox * field).astype(np.float32)
 
 
+@functools.cache
 def _cubic_upsampling(k: int, n: int) -> np.ndarray:
     """[n, k] weights: k control values → n points, ndimage.zoom's cubic spline (which is a
-    tensor product, so applying this on each axis equals zooming the 3-D grid)."""
+    tensor product, so applying this on each axis equals zooming the 3-D grid). Computed once
+    per (k, n) in a process (read-only): every patch of a run asks for the same."""
     cols = [ndimage.zoom(e, n / k, order=3, mode="nearest")[:n] for e in np.eye(k)]
-    return np.stack(cols, axis=1)
+    weights = np.stack(cols, axis=1)
+    weights.flags.writeable = False
+    return weights
 
 
 def fov_crop(
