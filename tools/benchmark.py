@@ -1,7 +1,10 @@
-"""Benchmarks: model workloads (W1: FLOPs, s per denoiser evaluation and train step, per
-conv_impl and dtype), or the sampling throughput of a model (--model or --config).
+"""Benchmarks: model workloads (W1 or a training config: FLOPs, memory per device, s per
+denoiser evaluation and train step, per conv_impl and dtype), or the sampling throughput of a
+model (--model or --config).
 
   python tools/benchmark.py [--workload=w1] [--conv_impl=onednn,xla] [--dtype=float32,mixed]
+  python tools/benchmark.py --workload=configs/aseg_1mm.py [--patch=256,256,256 --patch_batch=1]
+      [--passes=forward] [--repeats=0]   # repeats=0: compile and analyse only
   python tools/benchmark.py --model=MODEL|--config=configs/X.py --output=FILE.json
       [--samplers=ddim,ddpm,multiscale] [--steps=5,10] [--ensembles=1,4] [--sizes=48,96]
       [--compare=exported|local|xla|onednn|slices2d]
@@ -12,6 +15,7 @@ baseline (the other route, or the local route with that convolution) in the same
 and prints speed-ups.
 """
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,7 +27,15 @@ from absl import app, flags
 from msseg import benchmark
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workload", ["w1"], f"Workloads to run: {', '.join(benchmark.WORKLOADS)}.")
+flags.DEFINE_list(
+    "workload",
+    ["w1"],
+    f"Workloads to run: {', '.join(benchmark.WORKLOADS)}, or a training config's path (.py): "
+    "its network, loss, training patch and batch.",
+)
+flags.DEFINE_list("patch", None, "Workload input size (voxels per axis), e.g. a whole volume.")
+flags.DEFINE_integer("patch_batch", None, "Workload batch (default: the config's, or 1).")
+flags.DEFINE_list("passes", ["forward", "train_step"], "Workload passes: forward, train_step.")
 flags.DEFINE_list(
     "dtype",
     ["float32"],
@@ -32,7 +44,9 @@ flags.DEFINE_list(
 flags.DEFINE_list(
     "conv_impl", ["auto"], "Convolution implementations to compare (auto, xla, slices2d, onednn)."
 )
-flags.DEFINE_integer("repeats", 3, "Timed runs per pass, after one warm-up.")
+flags.DEFINE_integer(
+    "repeats", 3, "Timed runs per pass, after one warm-up; 0: compile and analyse only."
+)
 flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
 flags.DEFINE_string("model", None, "Sampling throughput of this model directory.")
 flags.DEFINE_string("config", None, "Sampling throughput of this training config (random params).")
@@ -122,21 +136,45 @@ def main(argv):
             sys.exit(f"{os.path.basename(__file__)}: {e}")
     if FLAGS.model or FLAGS.config:
         return sampling_main()
-    unknown = [w for w in FLAGS.workload if w not in benchmark.WORKLOADS]
+    unknown = [w for w in FLAGS.workload if w not in benchmark.WORKLOADS and not w.endswith(".py")]
     if unknown:
         raise app.UsageError(f"unknown workload(s) {unknown}; known: {list(benchmark.WORKLOADS)}")
+    bad = sorted(set(FLAGS.passes) - {"forward", "train_step"})
+    if bad:
+        raise app.UsageError(f"unknown passes {bad}; known: forward, train_step")
+    patch = tuple(int(v) for v in FLAGS.patch) if FLAGS.patch else None
+    if patch and len(patch) == 1:
+        patch = patch * 3
     rows = []
     for name in FLAGS.workload:
+        if name.endswith(".py"):
+            w = benchmark.config_workload(name, patch=patch, batch=FLAGS.patch_batch)
+        else:
+            w = benchmark.WORKLOADS[name]
+            if patch or FLAGS.patch_batch:
+                w = dataclasses.replace(
+                    w, patch=patch or w.patch, batch=FLAGS.patch_batch or w.batch
+                )
         for dtype in FLAGS.dtype:
             for impl in FLAGS.conv_impl:
-                w = benchmark.WORKLOADS[name]
                 rows.append(
-                    benchmark.measure(w, repeats=FLAGS.repeats, dtype=dtype, conv_impl=impl)
+                    benchmark.measure(
+                        w,
+                        repeats=FLAGS.repeats,
+                        dtype=dtype,
+                        conv_impl=impl,
+                        passes=tuple(FLAGS.passes),
+                    )
                 )
                 print(json.dumps(rows[-1]), flush=True)
     print(benchmark.format_table(rows))
     if FLAGS.output:
-        meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "runs": rows}
+        meta = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": platform.machine(),
+            "cpu": benchmark.cpu_model(),
+            "runs": rows,
+        }
         with open(FLAGS.output, "w") as f:
             json.dump(meta, f, indent=1)
 

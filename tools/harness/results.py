@@ -24,7 +24,7 @@ from harness.design import EvalJob
 from harness.paths import ROOT, repo_relative, shown
 from harness.plan import Settings, eval_command, train_commands
 from harness.registry import DEFAULT_EXPERIMENTS, EXPERIMENTS, Experiment
-from msseg import files
+from msseg import benchmark, files
 
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 READING = "## Reading"
@@ -32,12 +32,7 @@ READING = "## Reading"
 
 def machine() -> dict:
     """The machine, software versions, commit and time results are written with."""
-    cpu = ""
-    if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = benchmark.cpu_model()
     mem = 0.0
     if os.path.exists("/proc/meminfo"):
         for line in open("/proc/meminfo"):
