@@ -121,6 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.val_overlap = 0.25
     t.val_batch = 2
     t.donate = True
+    t.tensorboard = True  # also write the logged scalars to <workdir>/tensorboard/ (process 0)
 
     # msseg.diffusion.segment.SamplerConfig, key for key
     s = c.sampler = ml_collections.ConfigDict()

@@ -144,7 +144,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         tcfg.donate,
     )
     run_validation = make_validation(config, setup)
-    log = MetricsLog(workdir, tcfg.steps, int(state.step))
+    log = MetricsLog(workdir, tcfg.steps, int(state.step), tensorboard=tcfg.tensorboard)
     global_batch = pcfg.batch_size * jax.process_count()
     first = int(state.step)
     if first >= tcfg.steps:

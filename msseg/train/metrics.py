@@ -1,4 +1,5 @@
-"""Training logs: metrics.jsonl, a one-line progress display with ETA, and the curves as PNG.
+"""Training logs: metrics.jsonl (and the same scalars as a TensorBoard events file), a
+one-line progress display with ETA, and the curves as PNG.
 
 Only process 0 writes (house style 12); every process may call these and the others no-op.
 """
@@ -16,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from msseg.files import atomic_write
+from msseg.train import tensorboard as _tb
 
 
 def is_main() -> bool:
@@ -23,34 +25,53 @@ def is_main() -> bool:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`.
+    """Appends one JSON object per logged step to `<workdir>/metrics.jsonl`; with
+    `tensorboard`, also each numeric field as a scalar (tag `tensorboard.scalar_tag(key)`) to
+    a new events file in `<workdir>/tensorboard/`.
 
     A fresh run (start_step 0) starts the file anew; a run resumed from the checkpoint of
     `start_step` first drops the rows past that step (logged after the checkpoint by a run
-    that was then stopped), so the rows it appends hold every step once.
+    that was then stopped), so the rows it appends hold every step once. The events files
+    of earlier runs are cut the same way (`tensorboard.truncate_events`; also when
+    `tensorboard` is off, so they never disagree with metrics.jsonl).
     """
 
-    def __init__(self, workdir: str | os.PathLike, total_steps: int, start_step: int = 0):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        total_steps: int,
+        start_step: int = 0,
+        tensorboard: bool = False,
+    ):
         self.path = Path(workdir) / "metrics.jsonl"
         self.total = total_steps
         self.start_step = start_step
         self.start = time.time()
         self.main = is_main()
-        if self.main and self.path.exists():
+        self.events = None
+        if not self.main:
+            return
+        if self.path.exists():
             if start_step == 0:
                 self.path.unlink()
             else:
                 truncate_metrics(self.path, start_step)
+        events_dir = Path(workdir) / _tb.SUBDIR
+        _tb.truncate_events(events_dir, start_step)
+        if tensorboard:
+            self.events = _tb.EventWriter(events_dir, start_step)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.main:
             return
         row = {"step": int(step), "wall_s": round(time.time() - self.start, 3)}
-        for k, v in metrics.items():
-            v = float(np.asarray(v))
+        values = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        for k, v in values.items():
             row[k] = v if math.isfinite(v) else str(v)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.events is not None:  # wall_s: TensorBoard has each event's wall time
+            self.events.write(int(step), {_tb.scalar_tag(k): v for k, v in values.items()})
 
     def progress(self, step: int, metrics: dict) -> None:
         """`step 120/600 (20%) loss 0.0412 | 1.85 steps/s | eta 4m19s`."""

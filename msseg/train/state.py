@@ -50,6 +50,7 @@ class TrainConfig:
     val_overlap: float = 0.25  # window overlap of the windowed validation
     val_batch: int = 2  # windows per compiled call
     donate: bool = True
+    tensorboard: bool = True  # the logged scalars also as <workdir>/tensorboard/events.out.*
 
     def __post_init__(self):
         if self.entry_probs and len(self.entry_probs) != len(self.entry_depths):
@@ -60,6 +61,8 @@ class TrainConfig:
         object.__setattr__(self, "val_mode", ValMode(self.val_mode))
         if self.steps < 1:
             raise ValueError("train.steps must be >= 1")
+        if not isinstance(self.tensorboard, bool):
+            raise ValueError(f"train.tensorboard must be True or False, got {self.tensorboard!r}")
 
 
 @flax.struct.dataclass
