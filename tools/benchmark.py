@@ -25,6 +25,7 @@ import time
 from absl import app, flags
 
 from msseg import benchmark
+from msseg.diffusion.sampler_config import STEP_SAMPLERS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -51,8 +52,8 @@ flags.DEFINE_string("output", None, "Optional JSON file for the figures.")
 flags.DEFINE_string("model", None, "Sampling throughput of this model directory.")
 flags.DEFINE_string("config", None, "Sampling throughput of this training config (random params).")
 flags.DEFINE_string("route", "auto", "Model route: auto, exported, local.")
-flags.DEFINE_list("samplers", ["ddim"], "Samplers: ddim, ddpm, multiscale, anchored.")
-flags.DEFINE_list("steps", ["10"], "DDIM steps to try.")
+flags.DEFINE_list("samplers", ["ddim"], "Samplers: ddim, dpmpp2m, ddpm, multiscale, anchored.")
+flags.DEFINE_list("steps", ["10"], "DDIM / DPM-Solver++ steps to try.")
 flags.DEFINE_list("ensembles", ["1"], "Ensemble sizes to try.")
 flags.DEFINE_list("sizes", ["64"], "Cubic volume sizes (voxels per side, at the model's spacing).")
 flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
@@ -81,7 +82,7 @@ def _grid(model) -> list[dict]:
 
     rows = []
     for sampler in FLAGS.samplers:
-        steps = [int(s) for s in FLAGS.steps] if sampler == "ddim" else [0]
+        steps = [int(s) for s in FLAGS.steps] if sampler in STEP_SAMPLERS else [0]
         for n in steps:
             for ens in (int(e) for e in FLAGS.ensembles):
                 for size in (int(s) for s in FLAGS.sizes):

@@ -1,7 +1,7 @@
-"""The sampler's settings: which chain (`SamplerKind`), how ensemble members and a DDIM chain's
-steps combine (`Fusion`, `StepFusion`), and `SamplerConfig`, the frozen dataclass of
-config.sampler and of a model directory's sampler defaults. No jax: tools read it for their
-flags before any array library loads."""
+"""The sampler's settings: which chain (`SamplerKind`), how ensemble members and a DDIM (or
+DPM-Solver++) chain's steps combine (`Fusion`, `StepFusion`), and `SamplerConfig`, the frozen
+dataclass of config.sampler and of a model directory's sampler defaults. No jax: tools read it
+for their flags before any array library loads."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class SamplerKind(enum.StrEnum):
     DDPM = "ddpm"  # every timestep, ancestral
     MULTISCALE = "multiscale"  # a chain at `coarse_depth`, refined at each finer depth
     ANCHORED = "anchored"  # a one-shot estimate, refined by a truncated chain
+    DPMPP2M = "dpmpp2m"  # DPM-Solver++(2M): `steps` steps on DDIM's timesteps, second order
 
 
 class Fusion(enum.StrEnum):
@@ -24,8 +25,8 @@ class Fusion(enum.StrEnum):
 
 
 class StepFusion(enum.StrEnum):
-    """Which x0 estimates of a DDIM chain make its output: the last, or a (linear-weighted)
-    mean over the steps."""
+    """Which x0 estimates of a DDIM or DPM-Solver++ chain make its output: the last, or a
+    (linear-weighted) mean over the steps."""
 
     NONE = "none"
     MEAN = "mean"
@@ -35,6 +36,8 @@ class StepFusion(enum.StrEnum):
 SAMPLERS = tuple(k.value for k in SamplerKind)
 FUSIONS = tuple(f.value for f in Fusion)
 STEP_FUSIONS = tuple(f.value for f in StepFusion)
+STEP_SAMPLERS = (SamplerKind.DDIM.value, SamplerKind.DPMPP2M.value)
+"""The samplers whose chain is `steps` long (on `samplers.ddim_timesteps`)."""
 
 
 def choice(enum_type: type[enum.StrEnum], value, what: str):
@@ -49,8 +52,8 @@ def choice(enum_type: type[enum.StrEnum], value, what: str):
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     kind: SamplerKind = SamplerKind.DDIM
-    steps: int = 5  # DDIM steps (ddim), ignored by ddpm
-    eta: float = 0.0  # DDIM noise in [0, 1]; ignored by ddpm
+    steps: int = 5  # chain steps of ddim and dpmpp2m (the same timesteps); ignored by ddpm
+    eta: float = 0.0  # DDIM noise in [0, 1]; ignored by ddpm and dpmpp2m (deterministic)
     ensemble: int = 1
     fusion: Fusion = Fusion.MEAN
     coarse_depth: int = 1  # multiscale: the depth the chain starts at
@@ -58,7 +61,7 @@ class SamplerConfig:
     refine_t: float = 0.4  # multiscale, anchored: truncated chains start at refine_t * T
     refine_steps: int = 4
     clip_x0: bool = True
-    step_fusion: StepFusion = StepFusion.NONE  # DDIM chains only
+    step_fusion: StepFusion = StepFusion.NONE  # DDIM and DPM-Solver++ chains only
 
     def __post_init__(self):
         object.__setattr__(self, "kind", choice(SamplerKind, self.kind, "sampler"))
@@ -75,7 +78,7 @@ class SamplerConfig:
         """Model calls per sample (ensemble members count separately)."""
         if self.kind == SamplerKind.DDPM:
             return num_timesteps
-        if self.kind == SamplerKind.DDIM:
+        if self.kind in (SamplerKind.DDIM, SamplerKind.DPMPP2M):
             return self.steps
         t_refine = int(round(self.refine_t * (num_timesteps - 1)))
         if self.kind == SamplerKind.ANCHORED:

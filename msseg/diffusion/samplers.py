@@ -1,4 +1,4 @@
-"""DDPM ancestral and DDIM samplers on lax.scan, generic over the denoiser.
+"""DDPM ancestral, DDIM and DPM-Solver++(2M) samplers on lax.scan, generic over the denoiser.
 
 The denoiser is a plain function `denoise(x_t, t) -> prediction` of x_t [B, X, Y, Z, K]
 (any trailing shape) and t int32 [B] (every entry the current timestep), predicting the
@@ -16,6 +16,10 @@ Conventions:
 - The last DDPM step (t = 0) adds no noise and returns the posterior mean, which is x0_hat;
   the last DDIM step goes to "t = -1" (ab = 1) and returns x0_hat.
 - Per-step randomness comes from `jax.random.split(key, num_steps)`, step i using key i.
+- DPM-Solver++(2M) (`dpmpp2m_chain`, Lu et al. 2022, Algorithm 2: multistep, second order,
+  data prediction) is deterministic and visits DDIM's timesteps; it is generic over an x0
+  function rather than a denoiser, so the exported chain (one call per step, each a one-step
+  chain to x0) drives it as well as a local denoiser (`dpmpp2m_sample`).
 """
 
 from __future__ import annotations
@@ -124,6 +128,89 @@ def ddim_step(
     return sqrt_ab_next * x0_hat + dir_coef * eps_hat + sigma * noise
 
 
+def _half_log_snr(s: Schedule, t: jax.Array, ndim: int) -> jax.Array:
+    """lambda_t = log(alpha_t / sigma_t) = log(ab)/2 - log sqrt(1 - ab) as [B, 1, ..., 1] (t >= 0;
+    entries at t < 0 are those of t = 0, to be masked by the caller)."""
+    t = jnp.maximum(jnp.asarray(t, jnp.int32), 0)
+    log_ab = sched.extract(s.table("log_alphas_cumprod"), t, ndim)
+    sqrt_1m = sched.extract(s.table("sqrt_one_minus_alphas_cumprod"), t, ndim)
+    return 0.5 * log_ab - jnp.log(sqrt_1m)
+
+
+def dpmpp2m_step(
+    s: Schedule,
+    x_t: jax.Array,
+    t: jax.Array,
+    t_next: jax.Array,
+    x0_hat: jax.Array,
+    x0_prev: jax.Array,
+    t_prev: jax.Array,
+) -> jax.Array:
+    """One DPM-Solver++(2M) update (Lu et al. 2022, Algorithm 2) from t to t_next < t.
+
+    With alpha = sqrt(ab), sigma = sqrt(1 - ab), lambda = log(alpha / sigma) and
+    h = lambda(t_next) - lambda(t):
+        x_{t'} = (sigma'/sigma) x_t + alpha' (1 - e^{-h}) D,
+    D = x0_hat (first order, DDIM's deterministic step) where t_prev < 0 (no previous
+    estimate) or t_next = -1 (the last step: ab' = 1, the result is x0_hat); otherwise
+    D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev with r = h_prev / h, h_prev = lambda(t) -
+    lambda(t_prev), x0_prev the estimate made at t_prev. x_t, x0_hat, x0_prev [B, ...];
+    t, t_next, t_prev int [B].
+    """
+    ndim = jnp.ndim(x_t)
+    lam = _half_log_snr(s, t, ndim)
+    end = _per_example(t_next, ndim) < 0
+    h = jnp.where(end, 1.0, _half_log_snr(s, t_next, ndim) - lam)  # 1: a finite stand-in
+    sigma_ratio = _at(s, "sqrt_one_minus_alphas_cumprod", t_next, ndim, 0.0) / _at(
+        s, "sqrt_one_minus_alphas_cumprod", t, ndim, 0.0
+    )
+    alpha_next = _at(s, "sqrt_alphas_cumprod", t_next, ndim, 1.0)
+    data_coef = jnp.where(end, 1.0, -alpha_next * jnp.expm1(-h))  # alpha' (1 - e^{-h})
+    second = (_per_example(t_prev, ndim) >= 0) & ~end
+    h_prev = jnp.where(second, lam - _half_log_snr(s, t_prev, ndim), 1.0)
+    half_inv_r = jnp.where(second, h / (2.0 * h_prev), 0.0)  # 1 / (2 r)
+    d = x0_hat + half_inv_r * (x0_hat - x0_prev)
+    return sigma_ratio * x_t + data_coef * d
+
+
+X0Fn = Callable[[jax.Array, jax.Array], jax.Array]
+"""(x_t [B, ...], t int32 scalar) -> the (clipped) x0 estimate in the chain's units [B, ...]."""
+
+
+def dpmpp2m_chain(
+    x0_fn: X0Fn,
+    s: Schedule,
+    x_t: jax.Array,
+    ts: jax.Array,
+    ts_next: jax.Array,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """DPM-Solver++(2M) over timesteps `ts` [S] (to `ts_next` [S]): `x0_fn` once per step, then
+    `dpmpp2m_step` with the previous step's estimate (first order at the first step).
+
+    Deterministic (no key). Returns the last state [B, ...] float32 in the chain's units: with
+    ts_next ending at -1 it is the last estimate x0_fn(x, ts[-1]). With `weights` [S] it
+    returns sum_i weights[i] x0_i instead (step fusion).
+    """
+    x = jnp.asarray(x_t, jnp.float32)
+    batch = x.shape[0]
+    ts, ts_next = jnp.asarray(ts, jnp.int32), jnp.asarray(ts_next, jnp.int32)
+    fuse = weights is not None
+    w = jnp.asarray(weights if fuse else jnp.zeros(ts.shape), jnp.float32)
+
+    def body(carry, step):
+        x, x0_prev, t_prev, acc = carry
+        t, t_next, wi = step
+        x0 = jnp.asarray(x0_fn(x, t), jnp.float32)
+        tb, tb_next, tb_prev = (jnp.full((batch,), v, jnp.int32) for v in (t, t_next, t_prev))
+        new = dpmpp2m_step(s, x, tb, tb_next, x0, x0_prev, tb_prev)
+        return (new, x0, t, (acc + wi * x0) if fuse else acc), None
+
+    init = (x, jnp.zeros_like(x), jnp.asarray(-1, jnp.int32), jnp.zeros_like(x) if fuse else ())
+    (x, _, _, acc), _ = jax.lax.scan(body, init, (ts, ts_next, w))
+    return acc if fuse else x
+
+
 def _predict(
     denoise: DenoiseFn,
     s: Schedule,
@@ -199,14 +286,15 @@ def chain_timesteps(
     kind: str, num_timesteps: int, steps: int, t_start: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(ts, ts_next) int32 [S] of a "ddpm" chain (every timestep from t_start down to 0) or a
-    "ddim" chain (`ddim_timesteps`); ts_next ends at -1 (past the last step)."""
+    "ddim" or "dpmpp2m" chain (both `ddim_timesteps`: DPM-Solver++ with `steps` steps visits
+    the timesteps DDIM with `steps` steps does); ts_next ends at -1 (past the last step)."""
     t0 = _resolve_t_start(num_timesteps, t_start)
     if kind == "ddpm":
         ts = np.arange(t0, -1, -1, dtype=np.int32)
-    elif kind == "ddim":
+    elif kind in ("ddim", "dpmpp2m"):
         ts = ddim_timesteps(num_timesteps, steps, t0)
     else:
-        raise ValueError(f"chain kind must be 'ddpm' or 'ddim', got {kind!r}")
+        raise ValueError(f"chain kind must be 'ddpm', 'ddim' or 'dpmpp2m', got {kind!r}")
     return ts, np.append(ts[1:], -1).astype(np.int32)
 
 
@@ -254,3 +342,28 @@ def ddim_sample(
     return sample_chain(
         denoise, s, x_t, key, ts, ts_next, eta=eta, ancestral=False, target=target, clip_x0=clip_x0
     )
+
+
+def dpmpp2m_sample(
+    denoise: DenoiseFn,
+    s: Schedule,
+    x_t: jax.Array,
+    *,
+    steps: int,
+    target: Target,
+    t_start: int | None = None,
+    clip_x0: bool = True,
+    scale: float = 1.0,
+) -> jax.Array:
+    """DPM-Solver++(2M) from x_t [B, ...] (chain units) at t_start (default T-1) over
+    `ddim_timesteps`: `steps` denoiser calls, each estimate clipped like `sample_chain`'s.
+    Deterministic. Returns x0 [B, ...] float32 in mask units."""
+    ts, ts_next = chain_timesteps("dpmpp2m", s.num_timesteps, steps, t_start)
+    batch = x_t.shape[0]
+
+    def x0_fn(x, t):
+        tb = jnp.full((batch,), t, jnp.int32)
+        return _predict(denoise, s, x, tb, target, clip_x0, scale)[0]
+
+    x = dpmpp2m_chain(x0_fn, s, x_t, ts, ts_next)
+    return x if scale == 1.0 else x / scale

@@ -1,4 +1,5 @@
-"""Segment with a trained model: DDPM, DDIM, coarse-to-fine sampling, ensembles, uncertainty.
+"""Segment with a trained model: DDPM, DDIM, DPM-Solver++, coarse-to-fine sampling, ensembles,
+uncertainty.
 
 Everything here is a pure function of (params, image, key), jittable, with the model and
 settings bound statically (`functools.partial` then `jax.jit`). A sample is a mask in
@@ -23,6 +24,13 @@ same denoiser calls, a free ensemble of the chain's own estimates. For a logits 
 mean of the estimates 2·softmax − 1 is 2·(mean softmax) − 1. The chain then runs one step
 at a time (each a one-step chain to x0, then the DDIM update outside it), so exported models
 fuse as well, with no change to their artifacts.
+
+DPM-Solver++(2M) ("dpmpp2m", Lu et al. 2022): `steps` denoiser calls on DDIM's timesteps, each
+update using this step's and the previous step's x0 estimates (second order; the first step
+is DDIM's deterministic one, the last returns the estimate). The chain function keeps no
+estimate between calls, so, as for step fusion, each step is a one-step chain to x0 and the
+update is computed here (`samplers.dpmpp2m_chain`): exported models run it unchanged. eta is
+ignored (the solver is deterministic); step fusion applies as to DDIM.
 
 Coarse-to-fine ("multiscale"): sample at `coarse_depth` c (image average-pooled by 2^c,
 entering the U-Net at depth c) with `coarse_steps` DDIM steps; then for each finer depth,
@@ -156,12 +164,42 @@ def fused_chain(
     return acc
 
 
+def dpmpp2m_chain(
+    chain: ChainFn,
+    image,
+    x_t,
+    key,
+    s: sch.Schedule,
+    ts,
+    ts_next,
+    depth: int,
+    scale: float = 1.0,
+    weights=None,
+) -> jax.Array:
+    """DPM-Solver++(2M) over `ts` → `ts_next` (`samplers.dpmpp2m_chain`), each x0 estimate a
+    one-step chain to x0 (`chain` with ts = [t_i], ts_next = [-1], eta = 0: the clipped
+    estimate, as in `fused_chain`). Returns x0 (mask units), or with `weights` [S] the
+    weighted sum of the steps' estimates. `key` only feeds the (noiseless) chain calls."""
+    end = jnp.full((1,), -1, jnp.int32)
+
+    def x0_fn(x, t):
+        x0 = chain(image, x, key, t[None], end, 0.0, False, depth)
+        return x0 if scale == 1.0 else scale * x0
+
+    z = samplers.dpmpp2m_chain(x0_fn, s, x_t, ts, ts_next, weights)
+    return z if scale == 1.0 else z / scale
+
+
 def _run_chain(
     chain: ChainFn, image, x_t, key, s, cfg: SamplerConfig, depth, steps, t_start, scale=1.0
 ):
     ancestral = cfg.kind == SamplerKind.DDPM
     kind = SamplerKind.DDPM if ancestral else SamplerKind.DDIM
     ts, ts_next = samplers.chain_timesteps(kind, s.num_timesteps, steps, t_start)
+    if cfg.kind == SamplerKind.DPMPP2M:
+        fused = cfg.step_fusion != StepFusion.NONE and len(ts) > 1
+        w = step_weights(cfg.step_fusion, len(ts)) if fused else None
+        return dpmpp2m_chain(chain, image, x_t, key, s, ts, ts_next, depth, scale, w)
     eta = 1.0 if ancestral else cfg.eta
     if not ancestral and cfg.step_fusion != StepFusion.NONE and len(ts) > 1:
         w = step_weights(cfg.step_fusion, len(ts))

@@ -30,6 +30,7 @@ from msseg import labels as labels_lib
 from msseg.data.prepare import PreprocessConfig
 from msseg.diffusion import schedule as sch
 from msseg.diffusion import segment as seg
+from msseg.diffusion.sampler_config import STEP_SAMPLERS
 from msseg.errors import InputError
 from msseg.export import format as fmt
 
@@ -329,11 +330,13 @@ def open_model(
         raise ValueError(
             f"{model.path} is a deterministic model (no sampler): {flags} do not apply"
         )
-    if "steps" in given and cfg.kind != seg.SamplerKind.DDIM:
+    if "steps" in given and cfg.kind not in STEP_SAMPLERS:
         raise ValueError(
-            f"--steps sets the ddim sampler's steps; the {cfg.kind} sampler does not use it"
-            + (" (it runs every timestep)" if cfg.kind == seg.SamplerKind.DDPM else "")
+            f"--steps sets the ddim and dpmpp2m samplers' steps; the {cfg.kind} sampler does "
+            "not use it" + (" (it runs every timestep)" if cfg.kind == seg.SamplerKind.DDPM else "")
         )
     if "eta" in given and cfg.kind == seg.SamplerKind.DDPM:
         raise ValueError("--eta applies to DDIM chains; the ddpm sampler is always ancestral")
+    if "eta" in given and cfg.kind == seg.SamplerKind.DPMPP2M:
+        raise ValueError("--eta applies to DDIM chains; the dpmpp2m solver is deterministic")
     return model, cfg

@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+from msseg.diffusion.sampler_config import STEP_SAMPLERS
 from msseg.inference import model as model_lib
 from msseg.inference import predict
 
@@ -58,7 +59,7 @@ def measure(
     return {
         "route": model.route,
         "sampler": sampler,
-        "steps": steps if sampler == "ddim" else None,
+        "steps": steps if sampler in STEP_SAMPLERS else None,
         "ensemble": ensemble,
         "size": size,
         "windows": windows,
