@@ -125,7 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # msseg.diffusion.segment.SamplerConfig, key for key
     s = c.sampler = ml_collections.ConfigDict()
-    s.kind = "ddim"  # "ddim" | "ddpm" | "multiscale" | "anchored"
+    s.kind = "ddim"  # "ddim" | "dpmpp2m" | "ddpm" | "multiscale" | "anchored"
     s.steps = 5  # DDIM-5: the chain the default recipe trains for
     s.eta = 0.0
     s.ensemble = 1

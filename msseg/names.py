@@ -3,7 +3,9 @@ an input without its suffix, the files tools/sample.py writes per input, and the
 of files being written. Standard library only.
 
 Per input `<name>.nii[.gz|.mgz]` the sampler writes `<name>_seg.nii.gz` (the segmentation),
-`<name>_seg_level<l>.nii.gz` (tree level l, with `--level=all`) and `<name>_uncertainty.nii.gz`.
+`<name>_seg_level<l>.nii.gz` (tree level l, with `--level=all`), `<name>_uncertainty.nii.gz` and,
+with an ensemble, `<name>_variance.nii.gz`; once per output folder (and in a model directory) the
+label colour tables `labels_lut.txt` (FreeSurfer) and `labels_itksnap.txt` (ITK-SNAP).
 An evaluation pairs a reference `<name>` with a prediction `<name>_seg` or `<name>`, and an image
 `<name>` or `<name>_0000` (nnU-Net's channel naming).
 """
@@ -21,7 +23,10 @@ OUTPUT_SUFFIX = ".nii.gz"  # what the sampler writes
 
 SEG = "_seg"
 UNCERTAINTY = "_uncertainty"
-_OUTPUT = re.compile(r"_(seg|seg_level\d+|uncertainty)$")
+VARIANCE = "_variance"
+_OUTPUT = re.compile(r"_(seg|seg_level\d+|uncertainty|variance)$")
+LABELS_LUT = "labels_lut.txt"  # the protocol's FreeSurfer colour LUT (freeview)
+LABELS_ITKSNAP = "labels_itksnap.txt"  # its ITK-SNAP label description file
 _CHANNEL = re.compile(r"_\d{4}$")
 
 
@@ -46,7 +51,8 @@ def stem(path: str | os.PathLike, *, channel: bool = False) -> str:
 
 
 def is_output(name: str) -> bool:
-    """A stem the sampler writes (`_seg`, `_seg_level<l>`, `_uncertainty`): not an input."""
+    """A stem the sampler writes (`_seg`, `_seg_level<l>`, `_uncertainty`, `_variance`): not an
+    input."""
     return bool(_OUTPUT.search(name))
 
 
@@ -66,6 +72,16 @@ def level(out_dir: Path, name: str, level: int) -> Path:
 
 def uncertainty(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / f"{name}{UNCERTAINTY}{OUTPUT_SUFFIX}"
+
+
+def variance(out_dir: Path, name: str) -> Path:
+    """Where an ensemble's per-voxel sample variance of input `name` goes."""
+    return Path(out_dir) / f"{name}{VARIANCE}{OUTPUT_SUFFIX}"
+
+
+def label_tables(folder: Path) -> tuple[Path, Path]:
+    """The FreeSurfer colour LUT and the ITK-SNAP label description file in `folder`."""
+    return Path(folder) / LABELS_LUT, Path(folder) / LABELS_ITKSNAP
 
 
 def prediction_stems(name: str) -> list[str]:

@@ -1,32 +1,69 @@
-"""sample.py's output folder: reruns, failures, volumes.csv and unusable --output paths.
+"""sample.py's output folder: reruns, failures, volumes.csv, unusable --output paths, the
+ensemble's variance file, the label colour tables (output folder and model directory) and the
+progress lines.
 
-A tiny deterministic model with random params (`msseg.train.setup.random_model`) segments tiny real
-NIfTI scans through `predict.run`: the outputs are what matters here, not their quality.
+Tiny models with random params (configs/tiny.py, built as `msseg.train.setup.random_model`
+does) segment tiny real NIfTI scans through `predict.run`: the outputs are what matters here,
+not their quality.
 """
 
+import dataclasses
+import io as _io
+import json
 import os
+import re
 import runpy
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
 
+from msseg import labels, names
+from msseg.data.prepare import PreprocessConfig
 from msseg.diffusion import segment as seg
 from msseg.errors import InputError
+from msseg.export import format as fmt
 from msseg.inference import model as model_lib
-from msseg.inference import predict
+from msseg.inference import predict, progress
+from msseg.models.unet import MultiscaleUNet
 from msseg.train import setup as setup_lib
 
 ROOT = Path(__file__).parents[1]
 
 
+def _random_model(diffusion: bool) -> model_lib.LoadedModel:
+    """configs/tiny.py's model as `setup_lib.random_model` builds it, its params drawn with
+    numpy on the shapes `jax.eval_shape` gives: no compiled initialiser (~20 s on 2 cores)."""
+    c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
+    c.model.diffusion = diffusion
+    s = setup_lib.setup_for(c, labels.get_protocol("mni-tissue"))
+    prep = PreprocessConfig(spacing=tuple(float(v) for v in c.data.spacing))
+    facts = setup_lib.model_facts(s, dataclasses.asdict(prep))
+    loaded = model_lib.in_memory(facts, s.protocol, None)
+    unet = dataclasses.replace(s.model.cfg, remat=False)
+    x = jnp.zeros((1, *loaded.patch, unet.in_channels))
+    t = jnp.zeros((1,), jnp.int32) if diffusion else None
+    shapes = jax.eval_shape(MultiscaleUNet(unet).init, jax.random.key(0), x, t)
+    rng = np.random.default_rng(0)
+
+    def draw(a):
+        fan_in = int(np.prod(a.shape[:-1])) if len(a.shape) > 1 else 100
+        return jnp.asarray(rng.normal(0, fan_in**-0.5, a.shape), a.dtype)
+
+    return dataclasses.replace(loaded, params=jax.tree.map(draw, shapes))
+
+
 @pytest.fixture(scope="module")
 def model():
-    c = runpy.run_path(str(ROOT / "configs" / "tiny.py"))["get_config"]()
-    c.model.diffusion = False  # one forward pass per window
-    return setup_lib.random_model(c.to_dict())
+    return _random_model(diffusion=False)  # one forward pass per window
+
+
+@pytest.fixture(scope="module")
+def diffusion_model():
+    return _random_model(diffusion=True)
 
 
 def _scan(path: Path) -> Path:
@@ -56,9 +93,11 @@ def test_a_failed_rerun_keeps_the_earlier_outputs(model, tmp_path):
     assert set(before) == {
         "case_seg.nii.gz",
         *levels,
-        "case_uncertainty.nii.gz",
+        "case_uncertainty.nii.gz",  # a deterministic model: no ensemble, no variance file
         "case_qc.png",
         "volumes.csv",
+        "labels_lut.txt",
+        "labels_itksnap.txt",
     }
 
     blob = scan.read_bytes()
@@ -199,3 +238,240 @@ def test_flip_tta_averages_in_the_mirror_images_probabilities_with_sides_swapped
 def test_an_unknown_tta_is_refused():
     with pytest.raises(ValueError, match=r"tta must be one of \('none', 'flip'\), got 'rotate'"):
         predict.Options(seg.SamplerConfig(), tta="rotate")
+
+
+# ------------------------------------------------------------------ the ensemble's variance
+
+
+def test_total_variance_is_the_summed_population_variance_and_exactly_0_where_members_agree():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(5), size=(3, 6, 4)).astype(np.float32)  # [E=3, 6, 4, K=5]
+    expected = p.astype(np.float64).var(axis=0, ddof=0).sum(-1)
+    np.testing.assert_allclose(predict.total_variance(p), expected, rtol=1e-5, atol=1e-7)
+    p[:, :3] = p[:1, :3]  # the members agree on half the voxels, bit for bit
+    v = np.asarray(predict.total_variance(p))
+    assert (v[:3] == 0).all() and (v[3:] > 0).all()  # exactly 0, whatever E (jnp.var is not)
+    one_hot = np.eye(5, dtype=np.float32)[[0, 1, 2]][:, None]  # 3 members on 3 leaves
+    np.testing.assert_allclose(predict.total_variance(one_hot), [1 - 1 / 3], rtol=1e-6)
+
+
+def _volume(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_an_ensemble_writes_its_variance_on_the_scans_grid(diffusion_model, tmp_path, capsys):
+    model = diffusion_model
+    cfg = model_lib.sampler_config(model, steps=1, ensemble=4)
+    segmenter = predict.Segmenter(model, predict.Options(cfg))
+    # one window: the variance blended from the window is the one the sampling call returns,
+    # the members' total variance (fuse's is the sample variance, ddof 1, mean over leaves)
+    image = np.random.default_rng(2).normal(size=model.patch).astype(np.float32)
+    key = jax.random.key(5)
+    _, _, var, n = segmenter.segment_image(image, key)
+    out = segmenter.fn(model.params, image[None, ..., None], jax.random.fold_in(key, 0))
+    k, e = model.num_classes, cfg.ensemble
+    total = np.asarray(out["total_variance"][0])
+    np.testing.assert_allclose(total, np.asarray(out["variance"][0]) * k * (e - 1) / e, rtol=1e-4)
+    np.testing.assert_allclose(var, total, rtol=1e-5, atol=1e-8)
+    assert n == 1 and total.max() > 0
+
+    scan = _scan(tmp_path / "in" / "case.nii.gz")
+    out_dir = tmp_path / "out"
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(progress, "EVERY", 0.0)  # a line per batch of windows
+        done, failures = predict.run(model, [scan], out_dir, predict.Options(cfg), progress=True)
+    assert [d.name for d in done] == ["case"] and not failures
+    lines = [x for x in capsys.readouterr().err.splitlines() if "windows, " in x]
+    windows = done[0].windows
+    assert lines[-1].startswith(f"sample: [1/1] case: {windows}/{windows} windows, ")
+    assert len(lines) == windows  # batch 1: one line per window
+    variance = nib.load(names.variance(out_dir, "case"))
+    seg_img = nib.load(names.segmentation(out_dir, "case"))
+    assert variance.shape == seg_img.shape == nib.load(scan).shape
+    np.testing.assert_allclose(variance.affine, seg_img.affine)
+    v, unc = _volume(names.variance(out_dir, "case")), _volume(names.uncertainty(out_dir, "case"))
+    assert v.dtype == np.float32 and np.isfinite(v).all() and v.min() >= 0
+    assert v.max() > 0  # the members differ inside the head
+    outside = unc == 0  # beyond the head crop: no window, no member, nothing to disagree on
+    assert outside[0, 0, 0] and outside[-1, -1, -1]
+    assert (v[outside] == 0).all()
+
+    cfg1 = model_lib.sampler_config(model, steps=1, ensemble=1)
+    predict.run(model, [scan], out_dir, predict.Options(cfg1))  # progress off: no lines
+    assert "windows, " not in capsys.readouterr().err
+    assert not names.variance(out_dir, "case").exists()  # the stale variance file is gone
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "case_qc.png",
+        "case_seg.nii.gz",
+        "case_uncertainty.nii.gz",
+        "labels_itksnap.txt",
+        "labels_lut.txt",
+        "volumes.csv",
+    ]
+
+
+# ------------------------------------------------------------------ the label colour tables
+
+
+def _itksnap(path: Path) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """An ITK-SNAP label description file: `IDX -R- -G- -B- -A-- VIS MSH "LABEL"` lines,
+    comments from #."""
+    row = re.compile(
+        r'\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([01])\s+([01])\s+"([^"]*)"\s*'
+    )
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = row.fullmatch(line)
+        assert m, f"not an ITK-SNAP label line: {line!r}"
+        idx, r, g, b = map(int, m.groups()[:4])
+        assert max(r, g, b) <= 255 and 0 <= float(m[5]) <= 1 and idx not in out
+        out[idx] = (m[8], (r, g, b))
+    return out
+
+
+def _freesurfer(path: Path) -> dict[int, tuple[str, tuple[int, int, int]]]:
+    """A FreeSurfer colour LUT: `code name R G B A` lines, comments from #."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        code, name, *rgba = line.split()
+        assert len(rgba) == 4 and int(code) not in out, line
+        out[int(code)] = (name, tuple(int(c) for c in rgba[:3]))
+    return out
+
+
+def _check_tables(folder: Path, protocol: labels.Protocol) -> None:
+    expected = {
+        int(code): (name, tuple(int(c) for c in rgb))
+        for code, name, rgb in zip(
+            protocol.raw_codes(), protocol.id_names(), protocol.colours(), strict=True
+        )
+    }
+    lut, itksnap = names.label_tables(folder)
+    assert (lut.name, itksnap.name) == ("labels_lut.txt", "labels_itksnap.txt")
+    assert _itksnap(itksnap) == expected
+    assert _freesurfer(lut) == expected
+
+
+def test_the_output_folder_holds_the_protocols_colour_tables(model, tmp_path):
+    scan = _scan(tmp_path / "in" / "case.nii.gz")
+    out = tmp_path / "out"
+    predict.run(model, [scan], out, _opts(model))
+    _check_tables(out, model.protocol)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
+    aseg = labels.get_protocol("aseg")  # FreeSurfer's codes: not ids, up to four digits
+    predict.write_label_tables(tmp_path / "aseg", aseg)
+    _check_tables(tmp_path / "aseg", aseg)
+
+
+def test_evaluate_keeps_the_colour_tables_with_its_samples_and_reports_progress(
+    model, tmp_path, capsys
+):
+    from msseg.data import mni152
+    from msseg.inference import evaluate
+
+    data = mni152.build(mni152.SynthConfig(counts=(0, 0, 1), spacing=4.0), tmp_path, workers=1)
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(progress, "EVERY", 0.0)
+        opts = predict.Options(model_lib.sampler_config(model), batch=8)
+        evaluate.evaluate_model(
+            model, str(data), "test", tmp_path / "report", opts, worst=0, progress=True
+        )
+    samples = tmp_path / "report" / "samples"
+    assert names.segmentation(samples, "mni152_test_000").is_file()
+    _check_tables(samples, model.protocol)
+    lines = [x for x in capsys.readouterr().err.splitlines() if "windows, " in x]
+    assert lines and all(x.startswith("evaluate: depth 0 [1/1] mni152_test_000: ") for x in lines)
+    done, total = re.search(r": (\d+)/(\d+) windows", lines[-1]).groups()
+    assert done == total
+
+
+def test_a_model_directory_lists_its_colour_tables_and_loads_without_them(tmp_path):
+    from msseg.export import exporter
+
+    protocol = labels.get_protocol("mni-tissue")
+
+    def write(tables: bool):
+        def fill(tmp: Path) -> dict:
+            for name in (fmt.PARAMS, fmt.CONFIG, fmt.function_file(0)):
+                (tmp / name).write_bytes(b"stand-in")
+            if tables:
+                exporter.write_protocol(protocol, tmp)
+            else:  # a directory exported before the tables
+                (tmp / fmt.LABELS).write_text(json.dumps(protocol.to_json()))
+            return {"functions": {"0": fmt.function_file(0)}}
+
+        return fill
+
+    new = fmt.write_directory(tmp_path / "new", write(True))
+    meta = fmt.verify(new)
+    assert {fmt.LABELS_LUT, fmt.LABELS_ITKSNAP} <= set(meta["files"])  # checksummed
+    _check_tables(new, protocol)
+    old = fmt.write_directory(tmp_path / "old", write(False))
+    assert fmt.LABELS_LUT not in fmt.verify(old)["files"]  # an older directory still verifies
+    (new / fmt.LABELS_ITKSNAP).write_text("edited")
+    with pytest.raises(InputError, match="labels_itksnap.txt.*checksum"):
+        fmt.verify(new)
+
+
+# ------------------------------------------------------------------ progress
+
+
+class _Clock:
+    def __init__(self, *times: float):
+        self.times = list(times)
+
+    def __call__(self) -> float:
+        return self.times.pop(0)
+
+
+def test_progress_lines_come_at_most_every_interval_with_an_eta():
+    out = _io.StringIO()
+    clock = _Clock(100.0, 103.0, 109.9, 110.0, 112.0, 125.0, 400.0)
+    ticker = progress.Ticker("sample: [2/5] case", 8, every=10, stream=out, clock=clock)
+    for done in (1, 2, 4, 5, 6):  # at 3, 9.9, 10, 12 and 25 s
+        ticker.update(done)
+    ticker.update(8, 8)  # at 300 s
+    assert out.getvalue().splitlines() == [
+        "sample: [2/5] case: 4/8 windows, 10s, eta 10s",
+        "sample: [2/5] case: 6/8 windows, 25s, eta 8s",
+        "sample: [2/5] case: 8/8 windows, 5m00s",  # all done: no ETA
+    ]
+    assert clock.times == []
+
+
+def test_progress_off_prints_nothing_and_auto_follows_the_terminal():
+    def no_clock() -> float:
+        raise AssertionError("an off ticker reads no clock")
+
+    out = _io.StringIO()
+    ticker = progress.Ticker("x", 10, on=False, every=0, stream=out, clock=no_clock)
+    for done in range(11):
+        ticker.update(done)
+    assert out.getvalue() == ""
+
+    class Terminal(_io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert progress.enabled("auto", Terminal()) and not progress.enabled("auto", _io.StringIO())
+    assert progress.enabled("on", _io.StringIO()) and not progress.enabled("off", Terminal())
+    with pytest.raises(ValueError):
+        progress.enabled("sometimes")
+
+
+def test_file_etas_and_durations():
+    assert progress.eta(60.0, 2, 10) == ", eta 4m00s"  # 30 s a file, 8 left
+    assert progress.eta(0.0, 0, 10) == "" and progress.eta(99.0, 10, 10) == ""
+    assert [progress.duration(s) for s in (0, 42.4, 310, 3599.6, 7500)] == [
+        "0s",
+        "42s",
+        "5m10s",
+        "1h00m",
+        "2h05m",
+    ]

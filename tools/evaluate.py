@@ -5,11 +5,12 @@
 
   python tools/evaluate.py --model=MODEL --data=SPEC --split=test --output=REPORT
       [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]
-      [--step_fusion=none|mean|linear] [--depths=0,1]
+      [--step_fusion=none|mean|linear] [--depths=0,1] [--progress=auto|on|off]
 
 Writes REPORT/metrics.csv, summary.json, boxplot_<metric>.png and overlay PNGs of the worst
 cases, then prints mean Dice per label and level. With --model, the split's cases are
-segmented first (as sample.py does; outputs under REPORT/samples/).
+segmented first (as sample.py does; outputs, colour tables included, under REPORT/samples/),
+each case's log line ending in the ETA of the cases left.
 """
 
 import sys
@@ -120,6 +121,7 @@ def _model_mode():
             hd95_mode=FLAGS.hd95,
             worst=FLAGS.worst,
             max_cases=FLAGS.max_cases,
+            progress=cli.show_progress(FLAGS),
         )
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"evaluate.py: {e}")

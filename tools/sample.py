@@ -1,17 +1,22 @@
 """Segment T1 NIfTI files with an exported model directory (msseg/export/format.py).
 
   python tools/sample.py --model=MODEL --input=FILE|DIR|GLOB --output=OUT
-      [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]
+      [--sampler=ddim|dpmpp2m|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]
       [--step_fusion=none|mean|linear]
-      [--level=leaves|all|L]
+      [--level=leaves|all|L] [--progress=auto|on|off]
 
-Needs jax, numpy, nibabel, scipy and matplotlib only: with --route=exported (the default
+Needs jax, numpy, nibabel, scipy, matplotlib, absl-py and flatbuffers only
+(requirements/sample.txt): with --route=exported (the default
 where msseg's model code is not importable) the exported sampler runs alone. Writes per
 input <name>_seg.nii.gz (the leaves, or tree level L with --level=L; with --level=all also
-<name>_seg_level<l>.nii.gz for every level l, coarse to fine), <name>_uncertainty.nii.gz,
-<name>_qc.png and a volumes.csv row (mm³ per leaf, tree node and named set); a bad input
-is reported and skipped, and the exit code is 1 if any failed. A case's files are renamed
-into place together once all are written, so a failed case keeps an earlier run's outputs.
+<name>_seg_level<l>.nii.gz for every level l, coarse to fine), <name>_uncertainty.nii.gz
+(entropy, nats), with --ensemble > 1 <name>_variance.nii.gz (the members' total variance),
+<name>_qc.png and a volumes.csv row (mm³ per leaf, tree node and named set), and into the
+folder the colour tables labels_lut.txt (freeview) and labels_itksnap.txt (ITK-SNAP); see
+docs/outputs.md. A bad input is reported and skipped, and the exit code is 1 if any failed.
+A case's files are renamed into place together once all are written, so a failed case keeps
+an earlier run's outputs. Each file's log line ends in the ETA of the files left; on a
+terminal (--progress=auto) long files also report their windows every 10 s or so.
 """
 
 import sys
@@ -60,7 +65,9 @@ def main(argv):
     )
     # settings, the output folder and its volumes.csv are checked before the first file
     try:
-        done, failures = predict.run(model, inputs, FLAGS.output, opts)
+        done, failures = predict.run(
+            model, inputs, FLAGS.output, opts, progress=cli.show_progress(FLAGS)
+        )
     except (InputError, ValueError) as e:
         sys.exit(f"sample.py: {e}")
     print(f"sample.py: {len(done)} of {len(inputs)} segmented into {FLAGS.output}")

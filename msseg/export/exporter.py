@@ -3,7 +3,8 @@
 The chain of every trained entry depth is exported with jax.export: portable XLA only (the
 model is rebuilt with `conv_impl="xla"`, no custom calls), a symbolic batch and a symbolic
 number of steps, lowered for cpu and cuda. Params travel as an input (params.npz), never as
-constants. See msseg.export.format for the directory layout.
+constants. The protocol's colour tables (FreeSurfer LUT, ITK-SNAP labels) go with it. See
+msseg.export.format for the directory layout.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from absl import logging
 import msseg
 from msseg.diffusion import segment as seg
 from msseg.export import format as fmt
+from msseg.labels import Protocol
 from msseg.models.unet import MultiscaleUNet
 from msseg.train import checkpoint, metrics
 from msseg.train import setup as setup_lib
@@ -129,12 +131,21 @@ def export_model(
             (tmp / fmt.function_file(d)).write_bytes(exported.serialize())
         fmt.save_params(tmp / fmt.PARAMS, params)
         shutil.copyfile(workdir / "config.json", tmp / fmt.CONFIG)
-        (tmp / fmt.LABELS).write_text(json.dumps(setup.protocol.to_json(), indent=1) + "\n")
+        write_protocol(setup.protocol, tmp)
         return metadata(run, n, platforms)
 
     out = fmt.write_directory(output, write)
     logging.info("export: wrote %s", out)
     return out
+
+
+def write_protocol(protocol: Protocol, folder: Path) -> None:
+    """The protocol's files of a model directory: `labels.json` (what inference reads) and
+    its colour tables for viewers, `labels_lut.txt` (FreeSurfer) and `labels_itksnap.txt`
+    (ITK-SNAP), keyed by the raw codes sample.py writes."""
+    (folder / fmt.LABELS).write_text(json.dumps(protocol.to_json(), indent=1) + "\n")
+    protocol.write_freesurfer_lut(folder / fmt.LABELS_LUT)
+    protocol.write_itksnap_labels(folder / fmt.LABELS_ITKSNAP)
 
 
 def metadata(run: setup_lib.Run, step: int, platforms) -> dict:

@@ -14,6 +14,9 @@ A model directory holds
 - `params.npz`: the EMA parameters, keys = '/'-joined tree paths.
 - `labels.json` (the label protocol) and `config.json` (the training run's config, a record
   of how the model was made: inference does not read it).
+- `labels_lut.txt` and `labels_itksnap.txt`: the protocol's colour tables (FreeSurfer LUT,
+  ITK-SNAP label descriptions), for viewers; checksummed like every file, but optional:
+  directories exported before them load all the same (`verify` does not require them).
 - `metadata.json`: the format marker (`"format": "msseg-model"`, `"format_version"`),
   versions of jax/jaxlib/flax/msseg, step, validation metrics, the model's facts (`kind`,
   the U-Net's settings, patch, entry depths, preprocessing, diffusion settings, sampler
@@ -62,6 +65,8 @@ METADATA = "metadata.json"
 CONFIG = "config.json"
 LABELS = "labels.json"
 PARAMS = "params.npz"
+LABELS_LUT = names.LABELS_LUT  # the colour tables: listed in `files`, not required
+LABELS_ITKSNAP = names.LABELS_ITKSNAP
 
 
 def function_file(depth: int) -> str:

@@ -1,23 +1,25 @@
 """The sampling flags of tools/sample.py and tools/evaluate.py, defined once: the sampler
-settings (each defaults to the model's own), the windowing and the route, and the model they
-open."""
+settings (each defaults to the model's own), the windowing, the route and progress, and the
+model they open."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import flags
 
 from msseg.diffusion import sampler_config as sc
 from msseg.inference import model as model_lib
 from msseg.inference import predict
+from msseg.inference import progress as progress_lib
 
 SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
 
 
 def define_sampling_flags() -> None:
     """Defines --sampler, --steps, --ensemble, --eta, --fusion, --step_fusion (None: the
-    model's default), --seed, --overlap, --batch and --route."""
+    model's default), --seed, --overlap, --batch, --tta, --route and --progress."""
     flags.DEFINE_enum("sampler", None, list(sc.SAMPLERS), "Sampler (default: the model's).")
     flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
     flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
@@ -46,6 +48,14 @@ def define_sampling_flags() -> None:
         "exported artifact, or the model rebuilt with this machine's fastest convolution "
         "(local, needs flax); auto: local where msseg's model code imports.",
     )
+    flags.DEFINE_enum(
+        "progress",
+        progress_lib.Mode.AUTO.value,
+        list(progress_lib.MODES),
+        "Windows done inside each file, with an ETA, on stderr at most every 10 s: auto = only "
+        "when stderr is a terminal. The per-file log line (with the ETA of the files left) is "
+        "written either way.",
+    )
 
 
 def open_model(values: flags.FlagValues) -> tuple[model_lib.LoadedModel, sc.SamplerConfig]:
@@ -53,6 +63,11 @@ def open_model(values: flags.FlagValues) -> tuple[model_lib.LoadedModel, sc.Samp
     overrides = {name: values[name].value for name in SAMPLER_FLAGS}
     overrides["kind"] = overrides.pop("sampler")
     return model_lib.open_model(values.model, values.route, **overrides)
+
+
+def show_progress(values: flags.FlagValues) -> bool:
+    """Whether --progress asks for progress lines (auto: stderr is a terminal)."""
+    return progress_lib.enabled(values.progress, sys.stderr)
 
 
 def use_compilation_cache(folder: str) -> None:

@@ -1,6 +1,7 @@
 """Segment a dataset split with a model directory and score it (evaluate.py --model --data).
 
-Each case is segmented like sample.py does (outputs kept under REPORT/samples/), then
+Each case is segmented like sample.py does (outputs kept under REPORT/samples/, with the
+protocol's colour tables, `predict.write_label_tables`), then
 scored on the label map's own grid with msseg.evaluation (Dice, HD95, ASSD, volume
 similarity per label and tree level, and the calibration of the voxel probabilities:
 `msseg.evaluation.calibration`); with several `depths`, every case is segmented once per
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -23,6 +25,7 @@ from msseg.errors import InputError
 from msseg.evaluation import calibration, plots, report
 from msseg.inference import model as model_lib
 from msseg.inference import predict
+from msseg.inference import progress as progress_lib
 
 
 def evaluate_model(
@@ -36,8 +39,12 @@ def evaluate_model(
     hd95_mode: str = "pooled",
     worst: int = 3,
     max_cases: int = 0,
+    progress: bool = False,
 ) -> report.Report:
-    """Segments the labelled cases of `split` in dataset `data` and writes the report."""
+    """Segments the labelled cases of `split` in dataset `data` and writes the report.
+
+    Each case's log line ends in the ETA of the cases left (all depths); `progress`: also
+    print the windows done inside each case to stderr, at most every 10 s."""
     out = files.make_output_dir(output)  # before any work: InputError if it cannot be
     dataset = datasets.resolve(data)
     if dataset.protocol.name != model.protocol.name:
@@ -62,17 +69,25 @@ def evaluate_model(
     )
     key = jax.random.key(opts.seed)
     start = time.perf_counter()
-    for depth in depths:
+    total = len(depths) * len(cases)
+    for d, depth in enumerate(depths):
         segmenter = predict.Segmenter(model, dataclasses.replace(opts, depth=depth))
         samples = out / "samples" / (f"depth{depth}" if len(depths) > 1 else "")
+        predict.write_label_tables(samples, protocol)
         calib[depth] = stats = calibration.CalibrationStats()
         timing[depth] = times = {}
         for i, case in enumerate(cases):
+            ticker = progress_lib.Ticker(
+                f"evaluate: depth {depth} [{i + 1}/{len(cases)}] {case.case_id}",
+                on=progress,
+                stream=sys.stderr,
+            )
             image, label = io.load_image(case.image), io.load_label(case.label)
             io.check_same_grid(image, label)
             codes = dict(case.codes) if case.codes is not None else None
             ref = protocol.encode(label.data, case.label, codes)  # the dataset's own values
-            result = segmenter.segment_volume(image, predict.file_key(key, case.case_id))
+            case_key = predict.file_key(key, case.case_id)
+            result = segmenter.segment_volume(image, case_key, ticker.update)
             predict.write_outputs(samples, result, protocol)
             case_rows = report.evaluate_case(
                 result.labels,
@@ -97,7 +112,7 @@ def evaluate_model(
                 volume_rows.append(predict.volumes_row(result, protocol))
             score = report.case_scores(case_rows)[case.case_id]
             logging.info(
-                "evaluate: depth %d [%d/%d] %s: mean leaf Dice %.4f (%d windows, %.1f s)",
+                "evaluate: depth %d [%d/%d] %s: mean leaf Dice %.4f (%d windows, %.1f s)%s",
                 depth,
                 i + 1,
                 len(cases),
@@ -105,6 +120,7 @@ def evaluate_model(
                 score,
                 result.windows,
                 result.seconds,
+                progress_lib.eta(time.perf_counter() - start, d * len(cases) + i + 1, total),
             )
     predict.write_volumes(out / "samples" / "volumes.csv", volume_rows)
 

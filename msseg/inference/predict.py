@@ -13,13 +13,18 @@ under the node chosen at every coarser level), and write:
 - `<name>_seg_level<l>.nii.gz`: with `level="all"`, the ids of every tree level l (coarse
   to fine), each the leaf map mapped to its ancestors in that level;
 - `<name>_uncertainty.nii.gz`: predictive entropy (nats) of the fused probabilities;
+- `<name>_variance.nii.gz`: with an ensemble (diffusion models, ensemble > 1), the total
+  variance of the members' leaf probability vectors (`total_variance`), on the entropy's path;
 - `<name>_qc.png`: three mid slices with the segmentation over the image;
-- one row of `volumes.csv`: mm³ per leaf and per tree node / named set.
+- one row of `volumes.csv`: mm³ per leaf and per tree node / named set;
+- once per output folder, with the first case: the protocol's colour tables
+  `labels_lut.txt` (FreeSurfer) and `labels_itksnap.txt` (ITK-SNAP), keyed by raw code.
 
 A case's files (and the new volumes.csv) are first written under hidden temporary names in
 the output folder and renamed over the old ones only once every one is written (`Staging`):
 a case that fails leaves the outputs of an earlier run untouched. The output folder and an
-existing volumes.csv are checked before any file is segmented.
+existing volumes.csv are checked before any file is segmented. docs/outputs.md describes
+every file, its units, and how to open it in a viewer.
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ import glob
 import io as _io
 import os
 import re
+import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -44,9 +52,11 @@ from msseg import files, io, names
 from msseg.data.prepare import prepare_image
 from msseg.diffusion import samplers
 from msseg.diffusion import segment as seg
-from msseg.diffusion.sampler_config import choice
+from msseg.diffusion.losses import x0_to_probs
+from msseg.diffusion.sampler_config import STEP_SAMPLERS, choice
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
+from msseg.inference import progress as progress_lib
 from msseg.inference import window
 from msseg.labels import LevelTables, Protocol
 
@@ -126,6 +136,55 @@ class Result:
     volume: io.Volume
     seconds: float
     windows: int
+    # [X, Y, Z] float32 on the input's canonical grid: the ensemble's `total_variance`;
+    # None without an ensemble (no variance file is written)
+    variance: np.ndarray | None = None
+
+
+Progress = Callable[[int, int], None]
+"""(windows done, windows in all) after each batch of windows: `progress.Ticker.update`."""
+
+
+def total_variance(probs) -> jax.Array:
+    """[E, ..., K] the E ensemble members' leaf probabilities → [...] the total variance of
+    the members' probability vectors: sum over leaves k of the population variance (ddof 0)
+    across members of p_e,k, i.e. the mean squared distance of the members from their mean.
+    0 exactly where all members agree (computed from the deviations from the first member, so
+    identical members give exact zeros); below 1 (members one-hot on different leaves give the
+    most, 1 - 1/E for E <= K)."""
+    p = jnp.asarray(probs, jnp.float32)
+    d = p - p[:1]
+    d = d - d.mean(axis=0)  # exactly 0 where every d is 0
+    return jnp.mean(d * d, axis=0).sum(axis=-1)
+
+
+def segment_fn(model: model_lib.LoadedModel, cfg: seg.SamplerConfig, depth: int = 0):
+    """`model_lib.segment_batch`, plus for a diffusion model with an ensemble (> 1 member)
+    "total_variance" [B, X, Y, Z], the `total_variance` of the members' probabilities of each
+    window (both routes: the members are sampled here, around the exported chain)."""
+    if not (model.diffusion and cfg.ensemble > 1):
+        return model_lib.segment_batch(model, cfg, depth)
+    model_lib.check_depths(model, cfg, depth)
+    tree = model.protocol.level_tables()
+
+    def run(params, images, key):
+        masks = seg.ensemble_masks(
+            model.chain(params),
+            images,
+            key,
+            model.schedule,
+            cfg,
+            model.num_classes,
+            model.num_depths,
+            depth,
+            model.signal_scale,
+        )
+        return {
+            **seg.fuse(masks, cfg.fusion, tree),
+            "total_variance": total_variance(x0_to_probs(masks)),
+        }
+
+    return jax.jit(run)
 
 
 def file_key(key: jax.Array, name: str) -> jax.Array:
@@ -147,10 +206,14 @@ class Segmenter:
             raise ValueError(f"overlap must be in [0, 1), got {opts.overlap}")
         if opts.batch < 1:
             raise ValueError(f"batch must be >= 1, got {opts.batch}")
-        if model.diffusion and opts.sampler.kind == seg.SamplerKind.DDIM:
-            samplers.chain_timesteps("ddim", model.schedule.num_timesteps, opts.sampler.steps)
+        if model.diffusion and opts.sampler.kind in STEP_SAMPLERS:
+            samplers.chain_timesteps(
+                opts.sampler.kind, model.schedule.num_timesteps, opts.sampler.steps
+            )
         self.model, self.opts = model, opts
-        self.fn = model_lib.segment_batch(model, opts.sampler, opts.depth)
+        self.fn = segment_fn(model, opts.sampler, opts.depth)
+        # an ensemble of a diffusion model: the members' variance is blended and written too
+        self.ensemble = model.diffusion and opts.sampler.ensemble > 1
         self.patch = tuple(p // 2**opts.depth for p in model.patch)
         self.tree = model.protocol.level_tables()
 
@@ -168,20 +231,55 @@ class Segmenter:
         left/right (axis 0 of the canonical RAS grid) is segmented too, with its own noise;
         its probabilities are mirrored back with left and right leaves swapped, and the two
         are averaged (windows counts both passes)."""
-        probs, n = self._blended(image, key)
+        probs, entropy, _, n = self.segment_image(image, key, variance=False)
+        return probs, entropy, n
+
+    def segment_image(
+        self,
+        image: np.ndarray,
+        key: jax.Array,
+        *,
+        variance: bool = True,
+        progress: Progress | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+        """`segment_array` plus the ensemble's variance [X, Y, Z] (None without an ensemble
+        or with `variance=False`): each window's `total_variance`, blended over windows with
+        the probabilities' weights (a weighted mean of per-window variances, not the variance
+        of the members of all windows pooled), averaged over the two passes of flip TTA.
+        `progress(done, total)` follows the windows of both passes."""
+        variance = variance and self.ensemble
+        passes = 2 if self.opts.tta == TTA.FLIP else 1
+
+        def tick(p: int):
+            if progress is None:
+                return None
+            return lambda done, n: progress(p * n + done, passes * n)
+
+        probs, var, n = self._blended(image, key, variance, tick(0))
         if self.opts.tta == TTA.FLIP:
             mirror = np.asarray(self.model.protocol.leaf_mirror)
-            flipped, m = self._blended(image[::-1], jax.random.fold_in(key, _FLIP_STREAM))
+            flip_key = jax.random.fold_in(key, _FLIP_STREAM)
+            flipped, fvar, m = self._blended(image[::-1], flip_key, variance, tick(1))
             probs, n = (probs + flipped[::-1][..., mirror]) / 2, n + m
+            if var is not None:
+                var = (var + fvar[::-1]) / 2
         entropy = -(probs * np.log(np.maximum(probs, 1e-12))).sum(-1)
-        return probs, entropy.astype(np.float32), n
+        return probs, entropy.astype(np.float32), var, n
 
-    def _blended(self, image: np.ndarray, key: jax.Array) -> tuple[np.ndarray, int]:
-        """The window-blended, normalised probabilities of `image`, and the window count."""
+    def _blended(
+        self,
+        image: np.ndarray,
+        key: jax.Array,
+        variance: bool = False,
+        progress: Progress | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """The window-blended, normalised probabilities of `image`, the blended per-window
+        ensemble variance (None unless `variance`), and the window count."""
         k, b = self.model.num_classes, self.opts.batch
         padded, crop = window.pad_to(image, self.patch, float(image.min()))
         starts = window.window_starts(padded.shape, self.patch, self.opts.overlap)
         blender = window.Blender(padded.shape, self.patch, k)
+        spread = window.Blender(padded.shape, self.patch, 1) if variance else None
         for i in range(0, len(starts), b):
             chunk = starts[i : i + b]
             batch = np.stack(
@@ -194,11 +292,21 @@ class Segmenter:
             probs = np.asarray(out["probs"])
             for j, st in enumerate(chunk):
                 blender.add(st, probs[j])
+            if spread is not None:
+                var = np.asarray(out["total_variance"])
+                for j, st in enumerate(chunk):
+                    spread.add(st, var[j][..., None])
+            if progress is not None:
+                progress(i + len(chunk), len(starts))
         probs = blender.result()[crop]
-        return probs / np.maximum(probs.sum(-1, keepdims=True), 1e-12), len(starts)
+        var = None if spread is None else np.maximum(spread.result()[crop][..., 0], 0.0)
+        return probs / np.maximum(probs.sum(-1, keepdims=True), 1e-12), var, len(starts)
 
-    def segment_volume(self, volume: io.Volume, key: jax.Array) -> Result:
-        """A loaded image → its segmentation on the image's canonical grid."""
+    def segment_volume(
+        self, volume: io.Volume, key: jax.Array, progress: Progress | None = None
+    ) -> Result:
+        """A loaded image → its segmentation on the image's canonical grid (with an ensemble,
+        its variance too); `progress(done, total)` after each batch of windows."""
         start = time.perf_counter()
         cfg = self.model.preprocess
         if self.opts.depth:
@@ -207,14 +315,20 @@ class Segmenter:
             )
         source = low_res(volume, self.model.preprocess.spacing, self.opts.input_depth)
         prepared, _ = prepare_image(source, cfg)
-        probs, entropy, n = self.segment_array(prepared.image, key)
+        probs, entropy, var, n = self.segment_image(prepared.image, key, progress=progress)
         labels, ent, conf = to_native(probs, entropy, prepared, volume, self.tree)
+        if var is not None:
+            var = np.maximum(native_map(var, prepared, volume), 0.0)
         name = names.stem(volume.path)
-        return Result(name, labels, ent, conf, volume, time.perf_counter() - start, n)
+        seconds = time.perf_counter() - start
+        return Result(name, labels, ent, conf, volume, seconds, n, variance=var)
 
-    def segment_file(self, path: str | os.PathLike, key: jax.Array) -> Result:
+    def segment_file(
+        self, path: str | os.PathLike, key: jax.Array, progress: Progress | None = None
+    ) -> Result:
         """Loads and segments `path` with `file_key(key, its name)`."""
-        return self.segment_volume(io.load_image(path), file_key(key, names.stem(path)))
+        volume = io.load_image(path)
+        return self.segment_volume(volume, file_key(key, names.stem(path)), progress)
 
 
 def low_res(volume: io.Volume, spacing, input_depth: int) -> io.Volume:
@@ -245,15 +359,7 @@ def to_native(
     """
     shape = tuple(volume.data.shape)
     k = probs.shape[-1]
-    # One voxel of the outside value around the crop (where the crop is not at the edge of
-    # the resampled grid) gives the same interpolation as the whole resampled grid would.
-    pad = [
-        (int(lo > 0), int(hi < n))
-        for (lo, hi), n in zip(prepared.box, prepared.resampled_shape, strict=True)
-    ]
-    shift = np.eye(4)
-    shift[:3, 3] = [lo - before for (lo, _), (before, _) in zip(prepared.box, pad, strict=True)]
-    source = np.asarray(prepared.resampled_affine, np.float64) @ shift
+    pad, source = _placement(prepared)
 
     def padded(values: np.ndarray, outside: float) -> np.ndarray:
         return np.pad(np.asarray(values, np.float32), pad, constant_values=outside)
@@ -275,8 +381,31 @@ def to_native(
         labels[x0 : x0 + n] = decided
         chosen = np.take_along_axis(p, decided[..., None].astype(np.intp), -1)[..., 0]
         confidence[x0 : x0 + n] = chosen / np.maximum(p.sum(-1), 1e-12)
-    ent = io.resample_to_grid(padded(entropy, 0.0), source, volume.affine, shape, order=1)
+    ent = native_map(entropy, prepared, volume)
     return labels, ent, confidence
+
+
+def _placement(prepared) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """(padding, affine) that place a map on the cropped model grid in the resampled grid:
+    one voxel of the outside value around the crop (where the crop is not at the edge of the
+    resampled grid) gives the same interpolation as the whole resampled grid would."""
+    pad = [
+        (int(lo > 0), int(hi < n))
+        for (lo, hi), n in zip(prepared.box, prepared.resampled_shape, strict=True)
+    ]
+    shift = np.eye(4)
+    shift[:3, 3] = [lo - before for (lo, _), (before, _) in zip(prepared.box, pad, strict=True)]
+    return pad, np.asarray(prepared.resampled_affine, np.float64) @ shift
+
+
+def native_map(values: np.ndarray, prepared, volume: io.Volume) -> np.ndarray:
+    """A voxel-wise map [X', Y', Z'] on the cropped model grid → float32 on the volume's
+    canonical grid: 0 outside the crop, linear interpolation (the entropy's and the
+    variance's path)."""
+    pad, source = _placement(prepared)
+    outside = np.pad(np.asarray(values, np.float32), pad, constant_values=0.0)
+    shape = tuple(volume.data.shape)
+    return io.resample_to_grid(outside, source, volume.affine, shape, order=1)
 
 
 def volumes_row(result: Result, protocol) -> dict[str, float]:
@@ -422,16 +551,37 @@ class Staging:
         self.discard()
 
 
+def stage_label_tables(stage: Staging, out_dir: Path, protocol: Protocol) -> list[Path]:
+    """Writes the protocol's colour tables into `stage` (`names.label_tables`: a FreeSurfer
+    colour LUT and an ITK-SNAP label description file, keyed by the raw codes the
+    segmentations hold); returns their final paths."""
+    lut, itksnap = names.label_tables(out_dir)
+    protocol.write_freesurfer_lut(stage.path(lut))
+    protocol.write_itksnap_labels(stage.path(itksnap))
+    return [lut, itksnap]
+
+
+def write_label_tables(out_dir: Path, protocol: Protocol) -> list[Path]:
+    """`stage_label_tables` into `out_dir` (created if needed), both renamed into place once
+    both are written."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with Staging() as stage:
+        paths = stage_label_tables(stage, Path(out_dir), protocol)
+        stage.commit()
+    return paths
+
+
 def stage_outputs(
     stage: Staging, out_dir: Path, result: Result, protocol: Protocol, level: int | str
 ) -> list[Path]:
-    """Writes the seg (at `level`, see `Options`), uncertainty and QC files of one result
-    into `stage`; returns their final paths. Level files of an earlier run that this `level`
-    does not write are marked stale, so after the commit every file of `name` comes from the
-    same result."""
+    """Writes the seg (at `level`, see `Options`), uncertainty, variance (with an ensemble)
+    and QC files of one result into `stage`; returns their final paths. Level and variance
+    files of an earlier run that this result does not write are marked stale, so after the
+    commit every file of `name` comes from the same result."""
     check_level(level, protocol)
     seg_path = names.segmentation(out_dir, result.name)
     unc_path = names.uncertainty(out_dir, result.name)
+    var_path = names.variance(out_dir, result.name)
     png_path = out_dir / f"{result.name}_qc.png"
     table = protocol.level_of_leaves()  # [L, K] the id of each leaf at each level
     ids, background = result.labels, 0
@@ -448,14 +598,20 @@ def stage_outputs(
         else:
             stage.stale.append(path)
     io.save_image(stage.path(unc_path), result.entropy, result.volume.source)
+    paths.append(unc_path)
+    if result.variance is not None:
+        io.save_image(stage.path(var_path), result.variance, result.volume.source)
+        paths.append(var_path)
+    else:
+        stage.stale.append(var_path)
     qc_png(stage.path(png_path), result, protocol, ids, background)
-    return [*paths, unc_path, png_path]
+    return [*paths, png_path]
 
 
 def write_outputs(
     out_dir: Path, result: Result, protocol: Protocol, level: int | str = "leaves"
 ) -> list[Path]:
-    """The seg (at `level`, see `Options`), uncertainty and QC files of one result
+    """The seg (at `level`, see `Options`), uncertainty, variance and QC files of one result
     (volumes.csv is written per batch), replacing the old ones only once all are written
     (`stage_outputs`; on an error the old files stay). Level files of an earlier run that
     this `level` does not write are removed, so every file of `name` comes from the same
@@ -514,16 +670,24 @@ def _merge_volumes(path: Path, rows: list[dict], to: Path | None = None) -> None
 
 
 def run(
-    model: model_lib.LoadedModel, inputs: list[Path], output: str | os.PathLike, opts: Options
+    model: model_lib.LoadedModel,
+    inputs: list[Path],
+    output: str | os.PathLike,
+    opts: Options,
+    *,
+    progress: bool = False,
 ) -> tuple[list[Done], list[tuple[Path, str]]]:
     """Segments every input into `output`.
 
     Before any file is read: the settings (`Segmenter`), the output folder (created if
     needed, `files.make_output_dir`) and an existing volumes.csv there (`check_volumes`); a problem
-    is an InputError/ValueError. Then per file: its outputs and the updated volumes.csv are
-    staged and committed together (`Staging`); a failing file is logged, its earlier outputs
-    and volumes.csv row stay as they were, and the batch goes on. Returns (done, failures
-    as (path, message)).
+    is an InputError/ValueError. Then per file: its outputs and the updated volumes.csv (and,
+    with the first file done, the colour tables `stage_label_tables`) are staged and committed
+    together (`Staging`); a failing file is logged, its earlier outputs and volumes.csv row
+    stay as they were, and the batch goes on. Each file's log line ends in the ETA of the
+    files left (`progress.eta`); `progress`: also print the windows done inside each file to
+    stderr, at most every 10 s (`progress.Ticker`). Returns (done, failures as (path,
+    message)).
     """
     segmenter = Segmenter(model, opts)  # checks the settings before anything is written
     out = files.make_output_dir(output)
@@ -531,27 +695,36 @@ def run(
     check_volumes(table, model.protocol)
     key = jax.random.key(opts.seed)
     done, failures, rows = [], [], []
+    n, start, tables = len(inputs), time.perf_counter(), False
     for i, path in enumerate(inputs, 1):
+        ticker = progress_lib.Ticker(
+            f"sample: [{i}/{n}] {names.stem(path)}", on=progress, stream=sys.stderr
+        )
         try:
             with Staging() as stage:
-                result = segmenter.segment_file(path, key)
+                result = segmenter.segment_file(path, key, ticker.update)
                 stage_outputs(stage, out, result, model.protocol, opts.level)
                 row = volumes_row(result, model.protocol)
                 _merge_volumes(table, [*rows, row], to=stage.path(table))
+                if not tables:
+                    stage_label_tables(stage, out, model.protocol)
                 stage.commit()
         except Exception as e:  # noqa: BLE001 — one bad file must not stop the batch
             failures.append((path, f"{type(e).__name__}: {e}"))
-            logging.error("sample: [%d/%d] %s failed: %s", i, len(inputs), path, e)
+            eta = progress_lib.eta(time.perf_counter() - start, i, n)
+            logging.error("sample: [%d/%d] %s failed: %s%s", i, n, path, e, eta)
             continue
+        tables = True
         rows.append(row)
         done.append(Done(result.name, result.seconds, result.windows))
         logging.info(
-            "sample: [%d/%d] %s: %d windows, %.1f s",
+            "sample: [%d/%d] %s: %d windows, %.1f s%s",
             i,
-            len(inputs),
+            n,
             result.name,
             result.windows,
             result.seconds,
+            progress_lib.eta(time.perf_counter() - start, i, n),
         )
         del result
     return done, failures
