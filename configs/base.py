@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.dropout = 0.0
     m.attention_depths = ()
     m.attention_heads = 4
-    m.skip = "unet"  # "unet" | "unet3plus"
+    m.skip = "unet"  # "unet" | "unet3plus" | "unetpp" (UNet++ nested dense skips)
     m.dtype = "float32"  # activations (and convolutions unless conv_dtype is set)
     m.param_dtype = "float32"
     # "bfloat16": mixed precision (bf16 convolutions; fp32 params, GroupNorm and activations)
