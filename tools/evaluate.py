@@ -15,7 +15,7 @@ each case's log line ending in the ETA of the cases left.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from msseg.inference import cli
 
@@ -110,7 +110,9 @@ def _model_mode():
             FLAGS.batch,
             input_depth=FLAGS.input_depth,
             tta=FLAGS.tta,
+            devices=FLAGS.devices,
         )
+        logging.info("evaluate: %s", predict.Segmenter(model, opts).mesh_text)
         result = evaluate.evaluate_model(
             model,
             FLAGS.data,

@@ -59,10 +59,21 @@ def main(argv):
         inputs = predict.find_inputs(FLAGS.input)
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"sample.py: {e}")
-    logging.info("sample: %d input(s), route %s, %s", len(inputs), model.route, cfg)
-    opts = predict.Options(
-        cfg, FLAGS.seed, FLAGS.overlap, FLAGS.batch, FLAGS.depth, level, tta=FLAGS.tta
-    )
+    try:
+        opts = predict.Options(
+            cfg,
+            FLAGS.seed,
+            FLAGS.overlap,
+            FLAGS.batch,
+            FLAGS.depth,
+            level,
+            tta=FLAGS.tta,
+            devices=FLAGS.devices,
+        )
+        mesh = predict.Segmenter(model, opts).mesh_text
+    except ValueError as e:
+        sys.exit(f"sample.py: {e}")
+    logging.info("sample: %d input(s), route %s, %s; %s", len(inputs), model.route, cfg, mesh)
     # settings, the output folder and its volumes.csv are checked before the first file
     try:
         done, failures = predict.run(

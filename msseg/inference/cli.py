@@ -19,7 +19,7 @@ SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
 
 def define_sampling_flags() -> None:
     """Defines --sampler, --steps, --ensemble, --eta, --fusion, --step_fusion (None: the
-    model's default), --seed, --overlap, --batch, --tta, --route and --progress."""
+    model's default), --seed, --overlap, --batch, --devices, --tta, --route and --progress."""
     flags.DEFINE_enum("sampler", None, list(sc.SAMPLERS), "Sampler (default: the model's).")
     flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
     flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
@@ -33,7 +33,13 @@ def define_sampling_flags() -> None:
     )
     flags.DEFINE_integer("seed", 0, "Random seed (same seed, same segmentation).")
     flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap in [0, 1).")
-    flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+    flags.DEFINE_integer("batch", 1, "Windows per device per compiled call.")
+    flags.DEFINE_integer(
+        "devices",
+        0,
+        "Local devices the windows are sharded over (a data mesh axis): 0 = every local GPU "
+        "or TPU, one device on a CPU; N = the first N (also N fake CPU devices).",
+    )
     flags.DEFINE_enum(
         "tta",
         predict.TTA.NONE.value,

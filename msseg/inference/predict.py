@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from msseg import files, io, names
 from msseg.data.prepare import prepare_image
@@ -91,9 +93,15 @@ class Options:
     # that grid first, then to the entry depth's grid): how a model fares on a low-res scan
     input_depth: int = 0
     tta: TTA = TTA.NONE
+    # devices the windows are sharded over (a `data` mesh axis; `batch` windows each): 0 =
+    # every local device of an accelerator backend, one on the CPU (where one device already
+    # uses every core); n = the first n local devices
+    devices: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
+        if not isinstance(self.devices, int) or isinstance(self.devices, bool) or self.devices < 0:
+            raise ValueError(f"devices must be an integer >= 0, got {self.devices!r}")
         if not isinstance(self.input_depth, int) or self.input_depth < 0:
             raise ValueError(f"input_depth must be an integer >= 0, got {self.input_depth!r}")
         level = self.level
@@ -187,6 +195,18 @@ def segment_fn(model: model_lib.LoadedModel, cfg: seg.SamplerConfig, depth: int 
     return jax.jit(run)
 
 
+def window_devices(n: int) -> list:
+    """The local devices windows are sharded over (`Options.devices`)."""
+    local = jax.local_devices()
+    if n == 0:
+        return local if local[0].platform != "cpu" else local[:1]
+    if n > len(local):
+        raise ValueError(
+            f"devices={n}, but this process has {len(local)} local {local[0].platform} device(s)"
+        )
+    return local[:n]
+
+
 def file_key(key: jax.Array, name: str) -> jax.Array:
     """The key of input `name`: the same file gets the same noise whatever else is in the batch."""
     return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
@@ -212,6 +232,18 @@ class Segmenter:
             )
         self.model, self.opts = model, opts
         self.fn = segment_fn(model, opts.sampler, opts.depth)
+        self.devices = window_devices(opts.devices)
+        self._sharded = self._replicated = None
+        if len(self.devices) > 1:
+            self.mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
+            self._sharded = jax.jit(
+                jax.shard_map(
+                    self._per_device,
+                    mesh=self.mesh,
+                    in_specs=(P(), P("data"), P("data")),
+                    out_specs=P("data"),
+                )
+            )
         # an ensemble of a diffusion model: the members' variance is blended and written too
         self.ensemble = model.diffusion and opts.sampler.ensemble > 1
         self.patch = tuple(p // 2**opts.depth for p in model.patch)
@@ -221,7 +253,54 @@ class Segmenter:
         """This segmenter with other params of the same model (shares the compiled call)."""
         other = copy.copy(self)
         other.model = dataclasses.replace(self.model, params=params)
+        other._replicated = None
         return other
+
+    @property
+    def mesh_text(self) -> str:
+        """The mesh a run uses, for its log: devices, their kind, processes."""
+        d = self.devices
+        return (
+            f"windows over {len(d)} {d[0].platform} device(s) (mesh data={len(d)}, "
+            f"{self.opts.batch} window(s) each), process {jax.process_index() + 1} of "
+            f"{jax.process_count()}"
+        )
+
+    def _per_device(self, params, images, key_data):
+        """One device's share of a sharded call: its `batch` windows and its chunk's key."""
+        return self.fn(params, images, jax.random.wrap_key_data(key_data[0]))
+
+    def _call(self, batch: np.ndarray, keys: list[jax.Array]) -> dict:
+        """The segment function on `len(keys)` chunks of `batch` windows: one call on one
+        device, or one sharded call with chunk d (and its key) on device d."""
+        if self._sharded is None:
+            return self.fn(self.model.params, batch, keys[0])
+        rep = NamedSharding(self.mesh, P())
+        data = NamedSharding(self.mesh, P("data"))
+        if self._replicated is None:
+            self._replicated = jax.device_put(self.model.params, rep)
+        key_data = np.stack([np.asarray(jax.random.key_data(k)) for k in keys])
+        return self._sharded(
+            self._replicated, jax.device_put(batch, data), jax.device_put(key_data, data)
+        )
+
+    def lowered(self):
+        """The sharded call lowered for one group of windows (None on one device): its
+        compiled program's `input_shardings` show the windows split over `data`."""
+        if self._sharded is None:
+            return None
+        n = len(self.devices) * self.opts.batch
+        key_data = jax.random.key_data(jax.random.key(0))
+        rep = NamedSharding(self.mesh, P())
+        data = NamedSharding(self.mesh, P("data"))
+        params = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=rep), self.model.params
+        )
+        images = jax.ShapeDtypeStruct((n, *self.patch, 1), jnp.float32, sharding=data)
+        keys = jax.ShapeDtypeStruct(
+            (len(self.devices), *key_data.shape), key_data.dtype, sharding=data
+        )
+        return self._sharded.lower(params, images, keys)
 
     def segment_array(self, image: np.ndarray, key: jax.Array) -> tuple[np.ndarray, ...]:
         """Prepared image [X, Y, Z] → (probs [X, Y, Z, K], entropy [X, Y, Z], windows).
@@ -280,24 +359,33 @@ class Segmenter:
         starts = window.window_starts(padded.shape, self.patch, self.opts.overlap)
         blender = window.Blender(padded.shape, self.patch, k)
         spread = window.Blender(padded.shape, self.patch, 1) if variance else None
-        for i in range(0, len(starts), b):
-            chunk = starts[i : i + b]
+        # one call per group of n chunks of b windows (n devices); chunk c starting at window
+        # i gets the key fold_in(key, i) whatever n is, so the noise of every window and
+        # hence the segmentation do not depend on the device count
+        n = len(self.devices)
+        for g in range(0, len(starts), b * n):
+            group = starts[g : g + b * n]
+            chunks = [group[c : c + b] for c in range(0, len(group), b)]
+            windows = [st for chunk in chunks for st in chunk + [chunk[-1]] * (b - len(chunk))]
+            keys = [jax.random.fold_in(key, g + c * b) for c in range(len(chunks))]
+            windows += windows[-b:] * (n - len(chunks))  # idle devices repeat the last chunk
+            keys += keys[-1:] * (n - len(chunks))
             batch = np.stack(
                 [
                     padded[tuple(slice(s, s + p) for s, p in zip(st, self.patch, strict=True))]
-                    for st in chunk + [chunk[-1]] * (b - len(chunk))
+                    for st in windows
                 ]
             )[..., None]
-            out = self.fn(self.model.params, batch, jax.random.fold_in(key, i))
+            out = self._call(batch, keys)
             probs = np.asarray(out["probs"])
-            for j, st in enumerate(chunk):
+            for j, st in enumerate(group):  # chunks are consecutive: window j is row j
                 blender.add(st, probs[j])
             if spread is not None:
                 var = np.asarray(out["total_variance"])
-                for j, st in enumerate(chunk):
+                for j, st in enumerate(group):
                     spread.add(st, var[j][..., None])
             if progress is not None:
-                progress(i + len(chunk), len(starts))
+                progress(g + len(group), len(starts))
         probs = blender.result()[crop]
         var = None if spread is None else np.maximum(spread.result()[crop][..., 0], 0.0)
         return probs / np.maximum(probs.sum(-1, keepdims=True), 1e-12), var, len(starts)
