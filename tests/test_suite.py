@@ -167,6 +167,8 @@ def test_quick_suite_writes_every_experiment_and_a_traceable_readme_table(tmp_pa
         settings["DDIM-5"]["denoiser_evals_per_case"]
         < settings["DDIM-10"]["denoiser_evals_per_case"]
     )
+    # DPM-Solver++(2M): one denoiser call per step, like DDIM
+    assert settings["DPM-Solver++(2M)-3"]["denoiser_evals_per_window"] == 3
     single = json.loads((out / "single" / "config.json").read_text())
     assert single["diffusion"]["depth_weights"] == [1.0, 0.0]
 

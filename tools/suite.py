@@ -34,6 +34,7 @@ flags.DEFINE_integer("steps", 0, "Training steps per arm (0: 3000, or 3 with --q
 flags.DEFINE_integer("max_cases", 0, "Test cases evaluated (0: all, or 1 with --quick).")
 flags.DEFINE_integer("ddpm_cases", 1, "Test cases the full DDPM chain runs on.")
 flags.DEFINE_list("ddim_steps", [], "DDIM steps swept, with 10 (default 5,10,25,50; quick 5,10).")
+flags.DEFINE_list("dpm_steps", [], "DPM-Solver++(2M) steps swept (default 3,5,10; quick 3).")
 flags.DEFINE_list("ensembles", [], "Ensemble sizes swept, with 1 (default 1,4,8; quick 1,2).")
 flags.DEFINE_list(
     "experiments",
@@ -68,6 +69,7 @@ def main(argv):
             max_cases=FLAGS.max_cases,
             ddpm_cases=FLAGS.ddpm_cases,
             ddim_steps=tuple(int(n) for n in FLAGS.ddim_steps),
+            dpm_steps=tuple(int(n) for n in FLAGS.dpm_steps),
             ensembles=tuple(int(n) for n in FLAGS.ensembles),
             experiments=tuple(FLAGS.experiments),
             seed=FLAGS.seed,

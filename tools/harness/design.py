@@ -109,6 +109,9 @@ def all_evaluations(s: Settings) -> list[EvalJob]:
             jobs.append(
                 EvalJob(f"ms_mixed_ddim{n}", "ms_mixed", ("--sampler=ddim", f"--steps={n}"))
             )
+    for n in s.dpm_sweep:
+        flags = ("--sampler=dpmpp2m", f"--steps={n}")
+        jobs.append(EvalJob(f"ms_mixed_dpm{n}", "ms_mixed", flags))
     for e in s.ensemble_sweep:
         if e != 1:
             flags = ("--sampler=ddim", "--steps=10", f"--ensemble={e}")
@@ -145,6 +148,7 @@ def diffusion(s: Settings) -> list[str]:
 def cost(s: Settings) -> list[str]:
     """Every sampler setting of the main model."""
     names = [f"ms_mixed_ddim{n}" for n in sorted(s.ddim_sweep)]
+    names += [f"ms_mixed_dpm{n}" for n in sorted(s.dpm_sweep)]
     names += [f"ms_mixed_ens{e}" for e in sorted(s.ensemble_sweep) if e != 1]
     return [*names, "ms_mixed_multiscale", "ms_mixed_ddpm"]
 

@@ -41,6 +41,7 @@ class Settings:
     max_cases: int = 0  # test cases evaluated (0 = all)
     ddpm_cases: int = 1  # test cases DDPM-1000 is run on (the first ones)
     ddim_steps: tuple[int, ...] = ()  # () = (5, 10, 25, 50), or (5, 10) quick
+    dpm_steps: tuple[int, ...] = ()  # DPM-Solver++(2M) steps; () = (3, 5, 10), or (3,) quick
     ensembles: tuple[int, ...] = ()  # () = (1, 4, 8), or (1, 2) quick
     experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
     seed: int = 0  # training seed of every arm (config.seed)
@@ -59,6 +60,10 @@ class Settings:
     @property
     def ddim_sweep(self) -> tuple[int, ...]:
         return self.ddim_steps or ((5, 10) if self.quick else (5, 10, 25, 50))
+
+    @property
+    def dpm_sweep(self) -> tuple[int, ...]:
+        return self.dpm_steps or ((3,) if self.quick else (3, 5, 10))
 
     @property
     def ensemble_sweep(self) -> tuple[int, ...]:

@@ -155,6 +155,8 @@ def _setting(r: dict) -> str:
         name = f"DDPM-{r['denoiser_evals_per_window']}"
     elif smp["kind"] == "multiscale":
         name = f"multiscale ({smp['coarse_steps']} coarse + {smp['refine_steps']} refine)"
+    elif smp["kind"] == "dpmpp2m":
+        name = f"DPM-Solver++(2M)-{smp['steps']}"
     else:
         name = f"DDIM-{smp['steps']}"
     return name + (f" x{smp['ensemble']}" if smp["ensemble"] > 1 else "")
