@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("flax", "optax", "orbax", "grain", "ml_collections", "nilearn", "tensorstore", "chex")
 
@@ -44,6 +46,7 @@ def listed() -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_sample_on_the_exported_route_imports_only_the_lean_requirements(exported, tmp_path):
     _, model_dir, raw = exported
     scan = sorted((raw / "imagesTs").glob("*.nii.gz"))[0]

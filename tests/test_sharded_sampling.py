@@ -21,7 +21,7 @@ def image(exported):
     return np.asarray(nib.load(scan).dataobj, np.float32)[::2, ::2, ::2]
 
 
-@pytest.mark.parametrize("route", ["exported", "local"])
+@pytest.mark.parametrize("route", ["exported", pytest.param("local", marks=pytest.mark.slow)])
 def test_eight_devices_segment_like_one(exported, image, route):
     _, model_dir, _ = exported
     model = model_lib.load_model(model_dir, route=route)
