@@ -246,13 +246,18 @@ def test_an_unknown_tta_is_refused():
 def test_total_variance_is_the_summed_population_variance_and_exactly_0_where_members_agree():
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(5), size=(3, 6, 4)).astype(np.float32)  # [E=3, 6, 4, K=5]
+
+    def total(p):  # the members' probabilities as fuse receives them (x0 = 2p - 1)
+        fused = seg.fuse(jnp.asarray(2 * p - 1)[:, None], "mean")["variance"][0]
+        return np.asarray(predict.total_variance(fused, p.shape[-1], p.shape[0]))
+
     expected = p.astype(np.float64).var(axis=0, ddof=0).sum(-1)
-    np.testing.assert_allclose(predict.total_variance(p), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(total(p), expected, rtol=1e-4, atol=1e-6)
     p[:, :3] = p[:1, :3]  # the members agree on half the voxels, bit for bit
-    v = np.asarray(predict.total_variance(p))
+    v = total(p)
     assert (v[:3] == 0).all() and (v[3:] > 0).all()  # exactly 0, whatever E (jnp.var is not)
     one_hot = np.eye(5, dtype=np.float32)[[0, 1, 2]][:, None]  # 3 members on 3 leaves
-    np.testing.assert_allclose(predict.total_variance(one_hot), [1 - 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(total(one_hot), [1 - 1 / 3], rtol=1e-5)
 
 
 def _volume(path: Path) -> np.ndarray:
@@ -264,14 +269,12 @@ def test_an_ensemble_writes_its_variance_on_the_scans_grid(diffusion_model, tmp_
     cfg = model_lib.sampler_config(model, steps=1, ensemble=4)
     segmenter = predict.Segmenter(model, predict.Options(cfg))
     # one window: the variance blended from the window is the one the sampling call returns,
-    # the members' total variance (fuse's is the sample variance, ddof 1, mean over leaves)
+    # as the members' total variance (fuse's is the sample variance, ddof 1, mean over leaves)
     image = np.random.default_rng(2).normal(size=model.patch).astype(np.float32)
     key = jax.random.key(5)
     _, _, var, n = segmenter.segment_image(image, key)
     out = segmenter.fn(model.params, image[None, ..., None], jax.random.fold_in(key, 0))
-    k, e = model.num_classes, cfg.ensemble
-    total = np.asarray(out["total_variance"][0])
-    np.testing.assert_allclose(total, np.asarray(out["variance"][0]) * k * (e - 1) / e, rtol=1e-4)
+    total = predict.total_variance(np.asarray(out["variance"][0]), model.num_classes, 4)
     np.testing.assert_allclose(var, total, rtol=1e-5, atol=1e-8)
     assert n == 1 and total.max() > 0
 

@@ -112,7 +112,7 @@ def _model_mode():
             tta=FLAGS.tta,
             devices=FLAGS.devices,
         )
-        logging.info("evaluate: %s", predict.Segmenter(model, opts).mesh_text)
+        logging.info("evaluate: %s", predict.mesh_text(opts))
         result = evaluate.evaluate_model(
             model,
             FLAGS.data,

@@ -70,7 +70,7 @@ def main(argv):
             tta=FLAGS.tta,
             devices=FLAGS.devices,
         )
-        mesh = predict.Segmenter(model, opts).mesh_text
+        mesh = predict.mesh_text(opts)
     except ValueError as e:
         sys.exit(f"sample.py: {e}")
     logging.info("sample: %d input(s), route %s, %s; %s", len(inputs), model.route, cfg, mesh)

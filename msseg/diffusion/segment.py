@@ -292,7 +292,7 @@ def fuse(masks: jax.Array, fusion: str, tree: LevelTables | None = None) -> dict
     Returns labels [B, X, Y, Z] int32 (`tree_labels` of probs), probs [B, X, Y, Z, K] (mean
     of the members' probabilities; for "vote", the shares of the members' own `tree_labels`),
     entropy [B, X, Y, Z] of the mean probabilities, variance [B, X, Y, Z] (sample variance
-    of the probabilities, mean over K).
+    of the probabilities, mean over K; exactly 0 where the members agree).
     """
     p = x0_to_probs(masks)
     mean = p.mean(axis=0)
@@ -301,7 +301,11 @@ def fuse(masks: jax.Array, fusion: str, tree: LevelTables | None = None) -> dict
     labels = tree_labels(probs, tree)
     entropy = -(mean * jnp.log(jnp.maximum(mean, 1e-12))).sum(axis=-1)
     n = masks.shape[0]
-    variance = (p.var(axis=0) * n / max(n - 1, 1)).mean(axis=-1)
+    # deviations from the members' mean, taken from the first member: exactly 0 where every
+    # member agrees (p.var is not, for some member counts)
+    d = p - p[:1]
+    d = d - d.mean(axis=0)
+    variance = ((d * d).sum(axis=0) / max(n - 1, 1)).mean(axis=-1)
     return {
         "labels": labels,
         "probs": probs,

@@ -54,7 +54,6 @@ from msseg import files, io, names
 from msseg.data.prepare import prepare_image
 from msseg.diffusion import samplers
 from msseg.diffusion import segment as seg
-from msseg.diffusion.losses import x0_to_probs
 from msseg.diffusion.sampler_config import STEP_SAMPLERS, choice
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
@@ -153,46 +152,13 @@ Progress = Callable[[int, int], None]
 """(windows done, windows in all) after each batch of windows: `progress.Ticker.update`."""
 
 
-def total_variance(probs) -> jax.Array:
-    """[E, ..., K] the E ensemble members' leaf probabilities → [...] the total variance of
-    the members' probability vectors: sum over leaves k of the population variance (ddof 0)
-    across members of p_e,k, i.e. the mean squared distance of the members from their mean.
-    0 exactly where all members agree (computed from the deviations from the first member, so
-    identical members give exact zeros); below 1 (members one-hot on different leaves give the
-    most, 1 - 1/E for E <= K)."""
-    p = jnp.asarray(probs, jnp.float32)
-    d = p - p[:1]
-    d = d - d.mean(axis=0)  # exactly 0 where every d is 0
-    return jnp.mean(d * d, axis=0).sum(axis=-1)
-
-
-def segment_fn(model: model_lib.LoadedModel, cfg: seg.SamplerConfig, depth: int = 0):
-    """`model_lib.segment_batch`, plus for a diffusion model with an ensemble (> 1 member)
-    "total_variance" [B, X, Y, Z], the `total_variance` of the members' probabilities of each
-    window (both routes: the members are sampled here, around the exported chain)."""
-    if not (model.diffusion and cfg.ensemble > 1):
-        return model_lib.segment_batch(model, cfg, depth)
-    model_lib.check_depths(model, cfg, depth)
-    tree = model.protocol.level_tables()
-
-    def run(params, images, key):
-        masks = seg.ensemble_masks(
-            model.chain(params),
-            images,
-            key,
-            model.schedule,
-            cfg,
-            model.num_classes,
-            model.num_depths,
-            depth,
-            model.signal_scale,
-        )
-        return {
-            **seg.fuse(masks, cfg.fusion, tree),
-            "total_variance": total_variance(x0_to_probs(masks)),
-        }
-
-    return jax.jit(run)
+def total_variance(variance, num_classes: int, ensemble: int):
+    """`seg.fuse`'s "variance" (the members' sample variance, ddof 1, mean over the K
+    leaves) → the total variance of the E members' probability vectors: the sum over leaves
+    of the population variance (ddof 0), i.e. the mean squared distance of the members from
+    their mean. Exactly 0 where all members agree (as fuse's is); below 1 (members one-hot on
+    different leaves give the most, 1 - 1/E for E <= K)."""
+    return variance * (num_classes * (ensemble - 1) / ensemble)
 
 
 def window_devices(n: int) -> list:
@@ -205,6 +171,16 @@ def window_devices(n: int) -> list:
             f"devices={n}, but this process has {len(local)} local {local[0].platform} device(s)"
         )
     return local[:n]
+
+
+def mesh_text(opts: Options) -> str:
+    """The mesh a run with `opts` uses, for its log: devices, their kind, processes."""
+    d = window_devices(opts.devices)
+    return (
+        f"windows over {len(d)} {d[0].platform} device(s) (mesh data={len(d)}, "
+        f"{opts.batch} window(s) each), process {jax.process_index() + 1} of "
+        f"{jax.process_count()}"
+    )
 
 
 def file_key(key: jax.Array, name: str) -> jax.Array:
@@ -231,7 +207,7 @@ class Segmenter:
                 opts.sampler.kind, model.schedule.num_timesteps, opts.sampler.steps
             )
         self.model, self.opts = model, opts
-        self.fn = segment_fn(model, opts.sampler, opts.depth)
+        self.fn = model_lib.segment_batch(model, opts.sampler, opts.depth)
         self.devices = window_devices(opts.devices)
         self._sharded = self._replicated = None
         if len(self.devices) > 1:
@@ -258,13 +234,8 @@ class Segmenter:
 
     @property
     def mesh_text(self) -> str:
-        """The mesh a run uses, for its log: devices, their kind, processes."""
-        d = self.devices
-        return (
-            f"windows over {len(d)} {d[0].platform} device(s) (mesh data={len(d)}, "
-            f"{self.opts.batch} window(s) each), process {jax.process_index() + 1} of "
-            f"{jax.process_count()}"
-        )
+        """The mesh this segmenter uses, for a log (`mesh_text`)."""
+        return mesh_text(self.opts)
 
     def _per_device(self, params, images, key_data):
         """One device's share of a sharded call: its `batch` windows and its chunk's key."""
@@ -381,7 +352,7 @@ class Segmenter:
             for j, st in enumerate(group):  # chunks are consecutive: window j is row j
                 blender.add(st, probs[j])
             if spread is not None:
-                var = np.asarray(out["total_variance"])
+                var = total_variance(np.asarray(out["variance"]), k, self.opts.sampler.ensemble)
                 for j, st in enumerate(group):
                     spread.add(st, var[j][..., None])
             if progress is not None:
