@@ -180,6 +180,7 @@ def measure(
         "conv_impl": conv.resolve(cfg.conv_impl),
         "input": [*shape, cfg.in_channels],
         "channels": list(cfg.channels),
+        "skip": cfg.skip,
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "init_s": round(init_s, 2),

@@ -56,3 +56,29 @@ def test_cli_benchmarks_a_config_workload_into_a_json_file(tmp_path):
     (run,) = meta["runs"]
     assert run["workload"] == "tiny" and run["forward"]["median_s"] > 0
     assert run["forward"]["memory_mb"]["total"] > 0 and "cpu" in meta
+
+
+def test_cli_compares_skip_designs_side_by_side_and_refuses_unknown_ones(tmp_path):
+    out = tmp_path / "skips.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "benchmark.py"),
+        "--workload=w1",  # three depths (with two, UNet++'s only nested node is the decoder's)
+        "--patch=16",
+        "--patch_batch=1",
+        "--passes=forward",
+        "--repeats=1",
+        f"--output={out}",
+    ]
+    subprocess.run([*cmd, "--skip=unet,unetpp"], check=True, capture_output=True, cwd=ROOT)
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["workload"], r["skip"]) for r in runs] == [
+        ("w1+unet", "unet"),
+        ("w1+unetpp", "unetpp"),
+    ]
+    # the nested nodes are extra convolutions: more parameters and FLOPs than the plain U-Net
+    plain, nested = runs
+    assert nested["params"] > plain["params"]
+    assert nested["forward"]["gflop"] > plain["forward"]["gflop"]
+    bad = subprocess.run([*cmd, "--skip=unet,densenet"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "densenet" in bad.stderr

@@ -1,5 +1,6 @@
 """tools/suite.py --quick: the whole experiment suite at CI size, its results and README tables."""
 
+import dataclasses
 import json
 import os
 import re
@@ -248,6 +249,48 @@ def test_the_screen_switches_each_recipe_part_at_a_reduced_budget(tmp_path):
     assert a["screen_recipe"] == a["screen_det"][: len(a["screen_recipe"])]  # the config alone
     assert "--config.diffusion.target=x0" in a["screen_x0"]
     assert {j.arm for j in eval_jobs(s)} == {f"screen_{n}" for n in SCREEN}
+
+
+def test_the_skip_study_shares_the_plain_arm_with_the_recipe_and_times_every_design(tmp_path):
+    from harness.design import SKIP_DESIGNS
+    from harness.plan import Settings, arms, benchmark_command, benchmarks, eval_jobs
+
+    s = Settings(out=tmp_path, results=tmp_path, date="d", seed=2, experiments=("skips",))
+    a = arms(s)
+    assert list(a) == ["recipe_diff_s2", "skips_unet3plus", "skips_unetpp"]
+    for skip in SKIP_DESIGNS:  # the recipe arm and one more flag: the skip design
+        assert a[f"skips_{skip}"] == [*a["recipe_diff_s2"], f"--config.model.skip={skip}"]
+    # with the recipe experiment, one training serves both
+    both = dataclasses.replace(s, experiments=("recipe", "skips"))
+    assert arms(both)["recipe_diff_s2"] == a["recipe_diff_s2"]
+    assert [j.arm for j in eval_jobs(s)] == list(a)
+    assert benchmarks(s) == ["skips"] and benchmarks(both) == ["skips"]
+    cmd = benchmark_command(s, "skips")
+    assert "--skip=unet,unet3plus,unetpp" in cmd and "--workload=configs/quickstart.py" in cmd
+    assert cmd[-1] == f"--output={tmp_path / 'bench' / 'skips.json'}"
+
+
+@pytest.mark.slow
+def test_quick_skip_study_reads_its_costs_and_accuracy_from_the_run(tmp_path, tiny_mni_cache):
+    out, results, readme = _quick_experiment(tmp_path, tiny_mni_cache, "skips")
+    res = json.loads((results / "2000-01-01_skip_study" / "results.json").read_text())
+    assert list(res["arms"]) == ["unet", "unet3plus", "unetpp"]
+    bench = json.loads((out / "bench" / "skips.json").read_text())
+    by_skip = {r["skip"]: r for r in bench["runs"]}
+    for design, r in res["arms"].items():
+        arm = "recipe_diff_s0" if design == "unet" else f"skips_{design}"
+        summary = json.loads((out / r["source"]).read_text())
+        assert summary["model"].endswith(f"{arm}/model")
+        config = json.loads((out / arm / "config.json").read_text())
+        assert config["model"]["skip"] == design
+        c = res["costs"][design]
+        assert c["params"] == by_skip[design]["params"]
+        assert c["s_per_train_step"] == by_skip[design]["train_step"]["median_s"] > 0
+    assert set(res["dice_leaves_paired_vs_unet"]) == {"unet3plus", "unetpp"}
+    folder = results / "2000-01-01_skip_study"
+    assert "tools/benchmark.py" in (folder / "README.md").read_text()
+    assert (folder / "skips.png").stat().st_size > 1000
+    assert len(_table_numbers_from(readme, res, first=2, last=-2)) == 3
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ model (--model or --config).
   python tools/benchmark.py [--workload=w1] [--conv_impl=onednn,xla] [--dtype=float32,mixed]
   python tools/benchmark.py --workload=configs/aseg_1mm.py [--patch=256,256,256 --patch_batch=1]
       [--passes=forward] [--repeats=0]   # repeats=0: compile and analyse only
+  python tools/benchmark.py --workload=configs/quickstart.py --skip=unet,unet3plus,unetpp
   python tools/benchmark.py --model=MODEL|--config=configs/X.py --output=FILE.json
       [--samplers=ddim,ddpm,multiscale] [--steps=5,10] [--ensembles=1,4] [--sizes=48,96]
       [--compare=exported|local|xla|onednn|slices2d]
@@ -26,6 +27,7 @@ from absl import app, flags
 
 from msseg import benchmark
 from msseg.diffusion.sampler_config import STEP_SAMPLERS
+from msseg.models.unet import SKIPS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -37,6 +39,12 @@ flags.DEFINE_list(
 flags.DEFINE_list("patch", None, "Workload input size (voxels per axis), e.g. a whole volume.")
 flags.DEFINE_integer("patch_batch", None, "Workload batch (default: the config's, or 1).")
 flags.DEFINE_list("passes", ["forward", "train_step"], "Workload passes: forward, train_step.")
+flags.DEFINE_list(
+    "skip",
+    None,
+    "Skip designs to compare on each workload (model.skip: unet, unet3plus, unetpp); default: "
+    "the workload's own.",
+)
 flags.DEFINE_list(
     "dtype",
     ["float32"],
@@ -121,8 +129,32 @@ def sampling_main() -> None:
             "baseline": base,
             "compare": FLAGS.compare,
         }
-        with open(FLAGS.output, "w") as f:
-            json.dump(meta, f, indent=1)
+        _write(meta)
+
+
+def _write(meta: dict) -> None:
+    """--output, written whole or not at all (a suite skips a benchmark whose file exists)."""
+    from msseg import files
+
+    files.write_text(FLAGS.output, json.dumps(meta, indent=1) + "\n")
+
+
+def _workloads(patch):
+    """The workloads of --workload, each once per --skip design."""
+    for name in FLAGS.workload:
+        if name.endswith(".py"):
+            w = benchmark.config_workload(name, patch=patch, batch=FLAGS.patch_batch)
+        else:
+            w = benchmark.WORKLOADS[name]
+            if patch or FLAGS.patch_batch:
+                w = dataclasses.replace(
+                    w, patch=patch or w.patch, batch=FLAGS.patch_batch or w.batch
+                )
+        if not FLAGS.skip:
+            yield w
+        for skip in FLAGS.skip or ():
+            model = dataclasses.replace(w.model, skip=skip)
+            yield dataclasses.replace(w, name=f"{w.name}+{skip}", model=model)
 
 
 def main(argv):
@@ -146,16 +178,11 @@ def main(argv):
     patch = tuple(int(v) for v in FLAGS.patch) if FLAGS.patch else None
     if patch and len(patch) == 1:
         patch = patch * 3
+    bad = sorted(set(FLAGS.skip or ()) - set(SKIPS))
+    if bad:
+        raise app.UsageError(f"unknown skip design(s) {bad}; known: {', '.join(SKIPS)}")
     rows = []
-    for name in FLAGS.workload:
-        if name.endswith(".py"):
-            w = benchmark.config_workload(name, patch=patch, batch=FLAGS.patch_batch)
-        else:
-            w = benchmark.WORKLOADS[name]
-            if patch or FLAGS.patch_batch:
-                w = dataclasses.replace(
-                    w, patch=patch or w.patch, batch=FLAGS.patch_batch or w.batch
-                )
+    for w in _workloads(patch):
         for dtype in FLAGS.dtype:
             for impl in FLAGS.conv_impl:
                 rows.append(
@@ -176,8 +203,7 @@ def main(argv):
             "cpu": benchmark.cpu_model(),
             "runs": rows,
         }
-        with open(FLAGS.output, "w") as f:
-            json.dump(meta, f, indent=1)
+        _write(meta)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ The `recipe` experiment trains the config's diffusion recipe and the same U-Net 
 deterministic segmenter with the same cross-entropy + Dice loss, at two seeds each:
 `recipe_diff_s<seed>` and `recipe_det_s<seed>`. The `screen` experiment trains one seed of each
 recipe change alone and in the combinations that led to the default, at 40 % of the steps
-(`SCREEN`).
+(`SCREEN`). The `skips` experiment trains the config's recipe with each other skip design
+(`SKIP_DESIGNS`: `skips_<design>`) and compares them with the plain U-Net, which is the
+recipe experiment's `recipe_diff_s<seed>` (the same flags: one training serves both).
 
 An evaluation runs once, whichever experiments read it; the plan runs only the evaluations
 the chosen experiments read, and trains only the arms those evaluate.
@@ -35,6 +37,8 @@ if TYPE_CHECKING:  # annotations only: the plan imports this module
 _ALL_T = "--config.diffusion.train_timesteps=all"
 _NO_REC = "--config.diffusion.recycle_prob=0.0"
 _DDIM10 = "--config.sampler.steps=10"
+# the skip study's designs beside the plain U-Net (model.skip), trained as the recipe arm
+SKIP_DESIGNS = ("unet3plus", "unetpp")
 DETERMINISTIC = ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"]
 SCREEN = {
     "det": DETERMINISTIC,
@@ -91,6 +95,8 @@ def all_arms(s: Settings) -> dict[str, list[str]]:
     for seed in s.recipe_seeds:
         arms[f"recipe_diff_s{seed}"] = [*s.base_flags(seed), cache]
         arms[f"recipe_det_s{seed}"] = [*s.base_flags(seed), cache, *DETERMINISTIC]
+    for skip in SKIP_DESIGNS:
+        arms[f"skips_{skip}"] = [*s.base_flags(), cache, f"--config.model.skip={skip}"]
     return arms
 
 
@@ -125,7 +131,19 @@ def all_evaluations(s: Settings) -> list[EvalJob]:
         # the config's own sampler (DDIM with its steps)
         jobs.append(EvalJob(f"recipe_diff_s{seed}", f"recipe_diff_s{seed}", ()))
         jobs.append(EvalJob(f"recipe_det_s{seed}", f"recipe_det_s{seed}", ()))
+    jobs += [EvalJob(f"skips_{skip}", f"skips_{skip}", ()) for skip in SKIP_DESIGNS]
     return jobs
+
+
+def skip_benchmark(s: Settings) -> list[str]:
+    """tools/benchmark.py flags that time one denoiser evaluation and one train step of the
+    config's workload (its patch and batch) with each skip design, side by side in one process
+    (the trainings' wall times share the machine with whatever else runs)."""
+    return [
+        f"--workload={s.config}",
+        f"--skip=unet,{','.join(SKIP_DESIGNS)}",
+        f"--repeats={1 if s.quick else 5}",
+    ]
 
 
 # ------------------------------------------------------------ the evaluations each one reads
@@ -159,3 +177,8 @@ def recipe(s: Settings) -> list[str]:
 
 def screen(s: Settings) -> list[str]:
     return [f"screen_{name}" for name in SCREEN]
+
+
+def skips(s: Settings) -> list[str]:
+    """The plain U-Net (the recipe arm at the suite's seed), then each other skip design."""
+    return [f"recipe_diff_s{s.seed}", *(f"skips_{skip}" for skip in SKIP_DESIGNS)]

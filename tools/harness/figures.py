@@ -155,3 +155,30 @@ def screen(axes, res: dict) -> None:
     axes[0].set_title(f"Leaf Dice after {res['steps']} steps")
     _bars(axes[1], list(arms), _calibration(arms), "x 100")
     axes[1].set_title("Calibration and error detection")
+
+
+def skips(axes, res: dict) -> None:
+    """Leaf Dice against the time per train step, and each case's leaf Dice against the plain
+    U-Net's."""
+    for d, r in res["arms"].items():
+        x = res["costs"][d]["s_per_train_step"] or 0
+        axes[0].scatter(x, 100 * r["dice_leaves"], s=30)
+        axes[0].annotate(d, (x, 100 * r["dice_leaves"]), fontsize=8)
+    axes[0].set_xlabel("seconds per train step (benchmark, median)")
+    axes[0].set_ylabel("Dice x 100 (leaves)")
+    axes[0].set_title("Accuracy vs cost")
+    axes[0].grid(alpha=0.3)
+    plain = res["arms"]["unet"]["case_dice"]
+    for d, r in res["arms"].items():
+        if d == "unet":
+            continue
+        cases = sorted(set(plain) & set(r["case_dice"]))
+        axes[1].scatter(
+            [100 * plain[c] for c in cases], [100 * r["case_dice"][c] for c in cases], s=15, label=d
+        )
+    lo, hi = axes[1].get_xlim()
+    axes[1].plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    axes[1].set_xlabel("U-Net leaf Dice x 100 (per case)")
+    axes[1].set_ylabel("design's leaf Dice x 100")
+    axes[1].set_title("Case by case against the plain U-Net")
+    axes[1].legend(fontsize=8)

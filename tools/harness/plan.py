@@ -214,6 +214,25 @@ def train_arm(s: Settings, arm: str) -> None:
     record.write_text(json.dumps(done, indent=1) + "\n")
 
 
+def benchmark_command(s: Settings, name: str) -> list[str]:
+    """Experiment `name`'s timing run (tools/benchmark.py), written to bench/<name>.json."""
+    flags = EXPERIMENTS[name].benchmark(s)
+    return [s.python, "tools/benchmark.py", *flags, f"--output={s.out / 'bench' / f'{name}.json'}"]
+
+
+def benchmarks(s: Settings) -> list[str]:
+    """The chosen experiments that have a timing run."""
+    return [name for name in s.experiments if EXPERIMENTS[name].benchmark is not None]
+
+
+def run_benchmark(s: Settings, name: str) -> None:
+    if (s.out / "bench" / f"{name}.json").exists():
+        logging.info("suite: benchmark %s is done", name)
+        return
+    (s.out / "bench").mkdir(parents=True, exist_ok=True)
+    _run(s, benchmark_command(s, name), f"bench_{name}")
+
+
 def evaluate(s: Settings, job: EvalJob) -> None:
     if (s.out / "eval" / job.name / "summary.json").exists():
         logging.info("suite: evaluation %s is done", job.name)
@@ -231,4 +250,6 @@ def run_suite(s: Settings) -> list[EvalJob]:
         for job in jobs:  # each arm's evaluations as soon as it is trained
             if job.arm == arm:
                 evaluate(s, job)
+    for name in benchmarks(s):  # timed alone, after the trainings
+        run_benchmark(s, name)
     return jobs

@@ -25,6 +25,9 @@ class Experiment:
     table: Callable[[dict], str]  # markdown table of its results.json (tables.py)
     draw: figures.Draw  # its plot's two panels (figures.py)
     opt_in: str = ""  # not run by default (its own CPU budget): what --experiments says of it
+    # tools/benchmark.py flags of a timing run it reads (bench/<name>.json), run after the
+    # trainings and evaluations; None: none
+    benchmark: Callable[[Settings], list[str]] | None = None
 
     @property
     def default(self) -> bool:
@@ -110,6 +113,21 @@ EXPERIMENTS = _by_name(
         table=tables.screen,
         draw=figures.screen,
         opt_in="each recipe change at 40 % of the steps, one seed",
+    ),
+    Experiment(
+        name="skips",  # about 2 CPU hours on 2 cores (1 more without the recipe's seed-0 arm)
+        folder="skip_study",
+        question="Plain U-Net skips, UNet 3+ full-scale skips or UNet++ nested dense skips: "
+        "trained as the config's diffusion denoiser with the same data, seed and steps, which "
+        "segments best (leaf Dice, HD95, case by case against the plain U-Net), and what does "
+        "each cost (parameters, seconds per denoiser evaluation and per train step)? Which "
+        "design pays for its cost?",
+        evaluations=design.skips,
+        summarise=summaries.skips,
+        table=tables.skips,
+        draw=figures.skips,
+        opt_in="the plain U-Net against UNet 3+ and UNet++ as diffusion denoisers",
+        benchmark=design.skip_benchmark,
     ),
 )
 DEFAULT_EXPERIMENTS = tuple(name for name, e in EXPERIMENTS.items() if e.default)

@@ -22,7 +22,7 @@ from absl import logging
 from harness import figures
 from harness.design import EvalJob
 from harness.paths import ROOT, repo_relative, shown
-from harness.plan import Settings, eval_command, train_commands
+from harness.plan import Settings, benchmark_command, eval_command, train_commands
 from harness.registry import DEFAULT_EXPERIMENTS, EXPERIMENTS, Experiment
 from msseg import benchmark, files
 
@@ -70,7 +70,11 @@ def suite_command(s: Settings) -> str:
         cmd.append(f"--seed={s.seed}")
     if s.ddpm_cases != 1:
         cmd.append(f"--ddpm_cases={s.ddpm_cases}")
-    for flag, value in (("ddim_steps", s.ddim_steps), ("ensembles", s.ensembles)):
+    for flag, value in (
+        ("ddim_steps", s.ddim_steps),
+        ("dpm_steps", s.dpm_steps),
+        ("ensembles", s.ensembles),
+    ):
         if value:
             cmd.append(f"--{flag}={','.join(map(str, value))}")
     if tuple(s.experiments) != DEFAULT_EXPERIMENTS:
@@ -121,6 +125,8 @@ def _readme(
     arms = list(dict.fromkeys(j.arm for j in runs))
     cmds = [shown(c) for a in arms for c in train_commands(s, a)]
     cmds += [shown(eval_command(s, j)) for j in runs]
+    if exp.benchmark is not None:
+        cmds.append(shown(benchmark_command(s, exp.name)))
     parts = [
         f"# {_title(exp)}",
         "",

@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING
 
 from harness import design
-from harness.design import SCREEN
+from harness.design import SCREEN, SKIP_DESIGNS
 from harness.paths import repo_relative
 
 if TYPE_CHECKING:  # annotations only: the plan imports this module (through the registry)
@@ -232,4 +232,52 @@ def screen(s: Settings) -> dict:
         # each arm minus the deterministic U-Net, case by case
         "dice_leaves_paired_vs_det": {n: paired(r, det) for n, r in arms.items() if n != "det"},
         "training": {n: training(s, f"screen_{n}") for n in SCREEN},
+    }
+
+
+def _bench_costs(s: Settings, name: str) -> dict:
+    """Per skip design: parameters, FLOPs and median seconds of one denoiser evaluation and of
+    one train step, and the train step's compiled memory, from bench/<name>.json."""
+    bench = json.loads((s.out / "bench" / f"{name}.json").read_text())
+    out = {}
+    for r in bench["runs"]:
+        fwd, step = r["forward"], r["train_step"]
+        out[r["skip"]] = {
+            "params": r["params"],
+            "gflop_per_denoiser_eval": fwd["gflop"],
+            "s_per_denoiser_eval": fwd["median_s"],
+            "gflop_per_train_step": step["gflop"],
+            "s_per_train_step": step["median_s"],
+            "train_step_memory_mb": (step["memory_mb"] or {}).get("total"),
+            "input": r["input"],
+            "source": f"bench/{name}.json",
+        }
+    return {"cpu": bench.get("cpu", ""), "date": bench.get("date", ""), "designs": out}
+
+
+def skips(s: Settings) -> dict:
+    designs = ("unet", *SKIP_DESIGNS)
+    jobs = dict(zip(designs, design.skips(s), strict=True))
+    arms = {d: extract(s, job) for d, job in jobs.items()}
+    bench = _bench_costs(s, "skips")
+    costs = bench["designs"]
+    plain = costs["unet"]
+
+    def ratio(d: str, key: str) -> float | None:
+        a, b = costs[d][key], plain[key]
+        return a / b if a is not None and b else None
+
+    return {
+        "arms": arms,
+        "costs": costs,
+        "benchmark_cpu": bench["cpu"],
+        "benchmark_date": bench["date"],
+        # each design over the plain U-Net: parameters, s per denoiser evaluation and train step
+        "cost_ratio_vs_unet": {
+            d: {k: ratio(d, k) for k in ("params", "s_per_denoiser_eval", "s_per_train_step")}
+            for d in SKIP_DESIGNS
+        },
+        # each design minus the plain U-Net, case by case
+        "dice_leaves_paired_vs_unet": {d: paired(arms[d], arms["unet"]) for d in SKIP_DESIGNS},
+        "training": {d: training(s, job) for d, job in jobs.items()},
     }

@@ -164,3 +164,44 @@ def screen(res: dict) -> str:
         vs = "—" if p is None else f"{_pct(p['mean'])} ({p['wins']}/{p['n']} ahead)"
         lines.append(_arm_row([arm], r, [vs]))
     return "\n".join(lines)
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def skips(res: dict) -> str:
+    """Each skip design's cost and accuracy, and each design against the plain U-Net."""
+    lines = [
+        "| design | parameters | GFLOP / denoiser eval | s / denoiser eval | s / train step "
+        "| Dice leaves | HD95 leaves (mm) | ECE | minus U-Net, case by case | s / case (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d, r in res["arms"].items():
+        c = res["costs"][d]
+        p = res["dice_leaves_paired_vs_unet"].get(d)
+        vs = "—" if p is None else f"{_pct(p['mean'])} ({p['wins']}/{p['n']} ahead)"
+        cells = [
+            d,
+            f"{c['params']:,}",
+            _num(c["gflop_per_denoiser_eval"], 1),
+            _num(c["s_per_denoiser_eval"], 3),
+            _num(c["s_per_train_step"], 3),
+            _pct(r["dice_leaves"]),
+            _num(r["hd95_leaves"], 2),
+            _num(r["ece"]),
+            vs,
+            _num(r["median_seconds_per_case"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for d, p in res["dice_leaves_paired_vs_unet"].items():
+        k = res["cost_ratio_vs_unet"][d]
+        spread = f" ± {_pct(p['sd'])} s.d." if p["sd"] is not None else ""
+        lines.append(
+            f"- {d} minus U-Net: {_pct(p['mean'])}{spread} leaf Dice points case by case "
+            f"(ahead on {p['wins']} of {p['n']}), for {_ratio(k['params'])} the parameters, "
+            f"{_ratio(k['s_per_denoiser_eval'])} the time per denoiser evaluation and "
+            f"{_ratio(k['s_per_train_step'])} per train step."
+        )
+    return "\n".join(lines)
