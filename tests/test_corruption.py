@@ -193,8 +193,8 @@ def test_a_batch_of_corrupted_inputs_is_never_a_traceback_garbage_or_a_lost_file
     exported, tmp_path
 ):
     from msseg import io
+    from msseg.inference import cohort, predict
     from msseg.inference import model as model_lib
-    from msseg.inference import predict
 
     _, model_dir, raw = exported
     src = sorted((raw / "imagesTs").glob("*.nii.gz"))[0]
@@ -205,7 +205,8 @@ def test_a_batch_of_corrupted_inputs_is_never_a_traceback_garbage_or_a_lost_file
     cases = [f"case{i:03d}" + (".nii.gz" if i % 2 else ".nii") for i in range(TRIALS)]
     for name in cases:  # first, good copies: every case has earlier outputs
         nib.save(nib.load(src), inputs / name)
-    done, failures = predict.run(model, sorted(inputs.iterdir()), out, opts)
+    r = cohort.run(model, sorted(inputs.iterdir()), out, opts)
+    done, failures = r.done, r.failures
     assert len(done) == TRIALS and not failures
     (out / "notes.txt").write_text("the user's own file")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -215,7 +216,8 @@ def test_a_batch_of_corrupted_inputs_is_never_a_traceback_garbage_or_a_lost_file
     for name in cases:
         (inputs / name).unlink()
         kinds[names.stem(name)] = _corrupt_input(src, inputs / name, rng)
-    done, failures = predict.run(model, sorted(inputs.iterdir()), out, opts)  # no raise
+    r = cohort.run(model, sorted(inputs.iterdir()), out, opts)  # no raise
+    done, failures = r.done, r.failures
 
     outcomes = Counter()
     failed = {names.stem(p): msg for p, msg in failures}

@@ -3,7 +3,7 @@ ensemble's variance file, the label colour tables (output folder and model direc
 progress lines.
 
 Tiny models with random params (configs/tiny.py, built as `msseg.train.setup.random_model`
-does) segment tiny real NIfTI scans through `predict.run`: the outputs are what matters here,
+does) segment tiny real NIfTI scans through `cohort.run`: the outputs are what matters here,
 not their quality.
 """
 
@@ -26,8 +26,8 @@ from msseg.data.prepare import PreprocessConfig
 from msseg.diffusion import segment as seg
 from msseg.errors import InputError
 from msseg.export import format as fmt
+from msseg.inference import cohort, predict, progress
 from msseg.inference import model as model_lib
-from msseg.inference import predict, progress
 from msseg.models.unet import MultiscaleUNet
 from msseg.train import setup as setup_lib
 
@@ -86,7 +86,8 @@ def _contents(folder: Path) -> dict[str, bytes]:
 def test_a_failed_rerun_keeps_the_earlier_outputs(model, tmp_path):
     scan = _scan(tmp_path / "in" / "case.nii.gz")
     out = tmp_path / "out"
-    done, failures = predict.run(model, [scan], out, _opts(model, "all"))
+    r = cohort.run(model, [scan], out, _opts(model, "all"))
+    done, failures = r.done, r.failures
     assert [d.name for d in done] == ["case"] and not failures
     before = _contents(out)
     levels = [f"case_seg_level{lev}.nii.gz" for lev in range(len(model.protocol.levels()))]
@@ -102,13 +103,14 @@ def test_a_failed_rerun_keeps_the_earlier_outputs(model, tmp_path):
 
     blob = scan.read_bytes()
     scan.write_bytes(blob[: len(blob) // 2])  # the input replaced by a truncated copy
-    done, failures = predict.run(model, [scan], out, _opts(model))  # leaves: no level files
+    r = cohort.run(model, [scan], out, _opts(model))  # leaves: no level files
+    done, failures = r.done, r.failures
     assert not done and [p for p, _ in failures] == [scan]
     assert "truncated or corrupt" in failures[0][1]
     assert _contents(out) == before  # byte-identical, level files too; no temporary files
 
     scan.write_bytes(blob)
-    done, _ = predict.run(model, [scan], out, _opts(model))  # a good rerun replaces them
+    done = cohort.run(model, [scan], out, _opts(model)).done  # a good rerun replaces them
     assert done
     assert sorted(p.name for p in out.iterdir()) == sorted(set(before) - set(levels))
 
@@ -160,7 +162,7 @@ def test_a_foreign_volumes_csv_is_refused_before_any_file(model, tmp_path, conte
         table.write_bytes(content)
     before = _contents(out)
     with pytest.raises(InputError) as err:
-        predict.run(model, [scan], out, _opts(model))
+        cohort.run(model, [scan], out, _opts(model))
     message = str(err.value)
     assert message.startswith(f"{table}: ")
     assert "choose another --output or move the file away" in message
@@ -172,11 +174,11 @@ def test_a_foreign_volumes_csv_is_refused_before_any_file(model, tmp_path, conte
 def test_volumes_csv_rows_are_replaced_per_case(model, tmp_path):
     a, b = _scan(tmp_path / "in" / "a.nii.gz"), _scan(tmp_path / "in" / "b.nii.gz")
     out = tmp_path / "out"
-    predict.run(model, [a, b], out, _opts(model))
+    cohort.run(model, [a, b], out, _opts(model))
     rows = (out / "volumes.csv").read_text().splitlines()
     assert rows[0].split(",") == ["case", *model.protocol.id_names()]
     assert [r.split(",")[0] for r in rows[1:]] == ["a", "b"]
-    predict.run(model, [b], out, _opts(model))
+    cohort.run(model, [b], out, _opts(model))
     assert (out / "volumes.csv").read_text().splitlines() == rows
 
 
@@ -190,14 +192,14 @@ def test_an_unusable_output_folder_is_refused_before_any_file(model, tmp_path):
         (plain, "cannot create the output folder: a file of that name exists"),
     ]:
         with pytest.raises(InputError) as err:
-            predict.run(model, [scan], output, _opts(model))
+            cohort.run(model, [scan], output, _opts(model))
         assert str(err.value) == f"{output}: {problem}"
     assert plain.read_text() == "mine"
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         with pytest.raises(InputError, match="locked/out: cannot create the output folder"):
-            predict.run(model, [scan], locked / "out", _opts(model))
+            cohort.run(model, [scan], locked / "out", _opts(model))
 
 
 def test_find_inputs_skips_hidden_files(tmp_path):
@@ -283,7 +285,8 @@ def test_an_ensemble_writes_its_variance_on_the_scans_grid(diffusion_model, tmp_
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(progress, "EVERY", 0.0)  # a line per batch of windows
-        done, failures = predict.run(model, [scan], out_dir, predict.Options(cfg), progress=True)
+        r = cohort.run(model, [scan], out_dir, predict.Options(cfg), progress=True)
+        done, failures = r.done, r.failures
     assert [d.name for d in done] == ["case"] and not failures
     lines = [x for x in capsys.readouterr().err.splitlines() if "windows, " in x]
     windows = done[0].windows
@@ -301,7 +304,7 @@ def test_an_ensemble_writes_its_variance_on_the_scans_grid(diffusion_model, tmp_
     assert (v[outside] == 0).all()
 
     cfg1 = model_lib.sampler_config(model, steps=1, ensemble=1)
-    predict.run(model, [scan], out_dir, predict.Options(cfg1))  # progress off: no lines
+    cohort.run(model, [scan], out_dir, predict.Options(cfg1))  # progress off: no lines
     assert "windows, " not in capsys.readouterr().err
     assert not names.variance(out_dir, "case").exists()  # the stale variance file is gone
     assert sorted(p.name for p in out_dir.iterdir()) == [
@@ -363,7 +366,7 @@ def _check_tables(folder: Path, protocol: labels.Protocol) -> None:
 def test_the_output_folder_holds_the_protocols_colour_tables(model, tmp_path):
     scan = _scan(tmp_path / "in" / "case.nii.gz")
     out = tmp_path / "out"
-    predict.run(model, [scan], out, _opts(model))
+    cohort.run(model, [scan], out, _opts(model))
     _check_tables(out, model.protocol)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files
     aseg = labels.get_protocol("aseg")  # FreeSurfer's codes: not ids, up to four digits

@@ -10,13 +10,17 @@
 Writes REPORT/metrics.csv, summary.json, boxplot_<metric>.png and overlay PNGs of the worst
 cases, then prints mean Dice per label and level. With --model, the split's cases are
 segmented first (as sample.py does; outputs, colour tables included, under REPORT/samples/),
-each case's log line ending in the ETA of the cases left.
+each case's log line ending in the ETA of the cases left, and recorded under REPORT/cases/: a
+rerun with the same settings segments only the cases not recorded yet (--overwrite: all).
+With jax.distributed (the flags train.py takes, msseg/cluster.py) the cases are split across
+the processes, and process 0 writes the report once all are scored.
 """
 
 import sys
 
 from absl import app, flags, logging
 
+from msseg import cluster
 from msseg.inference import cli
 
 FLAGS = flags.FLAGS
@@ -51,12 +55,20 @@ flags.DEFINE_integer(
     "2^input_depth first (then to the entry depth's grid; with --model).",
 )
 flags.DEFINE_integer("max_cases", 0, "Evaluate only the first N cases (0 = all).")
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Segment every case again (with --model), also those a run with the same settings "
+    "recorded in REPORT/cases/.",
+)
+cluster.define_flags()
 flags.mark_flag_as_required("output")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cluster.initialize(FLAGS)
     model_mode = FLAGS.model is not None or FLAGS.data is not None
     if model_mode and (FLAGS.model is None or FLAGS.data is None):
         raise app.UsageError("--model and --data go together")
@@ -124,9 +136,13 @@ def _model_mode():
             worst=FLAGS.worst,
             max_cases=FLAGS.max_cases,
             progress=cli.show_progress(FLAGS),
+            overwrite=FLAGS.overwrite,
         )
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"evaluate.py: {e}")
+    if result is None:  # another process writes the report
+        print(f"evaluate.py: this process's cases are scored; process 1 writes {FLAGS.output}")
+        return
     print(report.format_dice_table(result.summary))
     _print_calibration(result.summary["calibration"])
     print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")

@@ -2,7 +2,7 @@
 
 Multi-host: pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I on every
 host, or run under a cluster that jax.distributed detects by itself (SLURM, Open MPI, TPU
-pods) with --distributed=on. Each process feeds its own shard of the data.
+pods) with --distributed=on (msseg/cluster.py). Each process feeds its own shard of the data.
 """
 
 import sys
@@ -10,19 +10,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from msseg import cluster
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl, config.json.")
-flags.DEFINE_enum(
-    "distributed",
-    "auto",
-    ["auto", "on", "off"],
-    "jax.distributed: auto = when --coordinator_address is given; on = also from the "
-    "cluster's environment.",
-)
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
-flags.DEFINE_integer("num_processes", None, "Number of processes.")
-flags.DEFINE_integer("process_id", None, "This process's index.")
+cluster.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,12 +35,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     import jax
 
-    if FLAGS.coordinator_address or FLAGS.distributed == "on":
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
+    cluster.initialize(FLAGS)
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
     from msseg.errors import InputError

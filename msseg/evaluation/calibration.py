@@ -93,7 +93,9 @@ class CaseCalibration:
     voxels: int  # region size
 
 
-def _selected(pred, ref, confidence, entropy):
+def select(pred, ref, confidence, entropy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The region voxels' (confidence, entropy, misclassified) of one case: all that pooled
+    figures need of it (`CalibrationStats.add_selected`)."""
     region = _region(pred, ref)
     conf = np.asarray(confidence)
     ent = np.asarray(entropy)
@@ -110,7 +112,7 @@ def case_calibration(
     pred: np.ndarray, ref: np.ndarray, confidence: np.ndarray, entropy: np.ndarray
 ) -> CaseCalibration:
     """ECE, entropy AUROC and error rate of one case (label maps and maps of the same shape)."""
-    return _figures(*_selected(pred, ref, confidence, entropy))
+    return _figures(*select(pred, ref, confidence, entropy))
 
 
 def _figures(conf: np.ndarray, ent: np.ndarray, wrong: np.ndarray) -> CaseCalibration:
@@ -130,7 +132,10 @@ class CalibrationStats:
         self.cases: dict[str, CaseCalibration] = {}
 
     def add(self, case: str, pred, ref, confidence, entropy) -> CaseCalibration:
-        conf, ent, wrong = _selected(pred, ref, confidence, entropy)
+        return self.add_selected(case, *select(pred, ref, confidence, entropy))
+
+    def add_selected(self, case: str, conf, ent, wrong) -> CaseCalibration:
+        """Adds a case's `select`ed voxels."""
         self._conf.append(conf)
         self._ent.append(ent)
         self._wrong.append(wrong)

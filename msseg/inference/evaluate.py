@@ -1,31 +1,120 @@
 """Segment a dataset split with a model directory and score it (evaluate.py --model --data).
 
 Each case is segmented like sample.py does (outputs kept under REPORT/samples/, with the
-protocol's colour tables, `predict.write_label_tables`), then
-scored on the label map's own grid with msseg.evaluation (Dice, HD95, ASSD, volume
-similarity per label and tree level, and the calibration of the voxel probabilities:
-`msseg.evaluation.calibration`); with several `depths`, every case is segmented once per
-entry depth (the input resampled to 2^d x the model's spacing) and rows carry the depth.
+protocol's colour tables, `predict.write_label_tables`), scored on the label map's own grid
+with msseg.evaluation (Dice, HD95, ASSD, volume similarity per label and tree level, and the
+calibration of the voxel probabilities: `msseg.evaluation.calibration`) and recorded under
+REPORT/cases/ (`CaseRecord`: a rerun with the same settings reuses it). With several
+`depths`, every case is segmented once per entry depth (the input resampled to 2^d x the
+model's spacing) and rows carry the depth. With jax.distributed the cases are split across
+the processes and process 0 writes the report from every process's records.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import statistics
 import sys
 import time
+import zipfile
+from pathlib import Path
 
 import jax
+import numpy as np
 from absl import logging
 
-from msseg import files, io
+from msseg import cluster, files, io, names
 from msseg.data import datasets
 from msseg.errors import InputError
 from msseg.evaluation import calibration, plots, report
 from msseg.inference import model as model_lib
 from msseg.inference import predict
 from msseg.inference import progress as progress_lib
+
+RECORDS = "cases"  # REPORT/cases/[depth<d>/]<case>.npz: one scored case, reused by a rerun
+
+
+def _settings(model, data, split, opts, depth: int, hd95_mode: str) -> dict:
+    """What a case record's figures depend on: a record made with other settings is redone."""
+    return {
+        "model": str(model.path),
+        # its metadata lists every file's checksum: a re-exported model is another model
+        "model_metadata": hashlib.sha256(
+            json.dumps(model.metadata, sort_keys=True).encode()
+        ).hexdigest(),
+        "data": str(data),
+        "split": split,
+        "sampler": dataclasses.asdict(opts.sampler),
+        "seed": opts.seed,
+        "overlap": opts.overlap,
+        "input_depth": opts.input_depth,
+        "tta": str(opts.tta),
+        "depth": depth,
+        "hd95_mode": hd95_mode,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseRecord:
+    """One segmented and scored case: its metric rows, the voxels its calibration pools
+    (`calibration.select`), its timing, and (at the first depth) its volumes row and preview."""
+
+    rows: list[report.Row]
+    selected: tuple[np.ndarray, np.ndarray, np.ndarray]  # confidence, entropy, misclassified
+    timing: dict
+    volumes: dict | None = None
+    preview: plots.Preview | None = None
+
+
+def _save_record(path: Path, rec: CaseRecord, settings: dict) -> None:
+    meta = {
+        "settings": settings,
+        "rows": [dataclasses.asdict(r) for r in rec.rows],
+        "timing": rec.timing,
+        "volumes": rec.volumes,
+    }
+    arrays = dict(zip(("conf", "ent", "wrong"), rec.selected, strict=True))
+    if (pv := rec.preview) is not None:
+        has_image = pv.image is not None
+        meta["preview"] = {"spacing": pv.spacing, "centre": pv.centre, "image": has_image}
+        for kind in ("ref", "pred", "image"):
+            for v, a in enumerate(getattr(pv, kind) or ()):
+                arrays[f"{kind}{v}"] = a
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # written whole or not at all: a killed run leaves no half record to reuse
+    files.atomic_write(path, lambda tmp: np.savez_compressed(tmp, meta=json.dumps(meta), **arrays))
+
+
+def _load_record(path: Path, settings: dict) -> CaseRecord | None:
+    """The record at `path`, or None if absent, unreadable or made with other settings."""
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta["settings"] != json.loads(json.dumps(settings)):
+                return None
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    preview = None
+    if (pv := meta.get("preview")) is not None:
+        views = range(3)
+        preview = plots.Preview(
+            ref=tuple(arrays[f"ref{v}"] for v in views),
+            pred=tuple(arrays[f"pred{v}"] for v in views),
+            image=tuple(arrays[f"image{v}"] for v in views) if pv["image"] else None,
+            spacing=tuple(pv["spacing"]),
+            centre=tuple(pv["centre"]),
+        )
+    return CaseRecord(
+        rows=[report.Row(**r) for r in meta["rows"]],
+        selected=(arrays["conf"], arrays["ent"], arrays["wrong"]),
+        timing=meta["timing"],
+        volumes=meta["volumes"],
+        preview=preview,
+    )
 
 
 def evaluate_model(
@@ -40,11 +129,17 @@ def evaluate_model(
     worst: int = 3,
     max_cases: int = 0,
     progress: bool = False,
-) -> report.Report:
+    overwrite: bool = False,
+) -> report.Report | None:
     """Segments the labelled cases of `split` in dataset `data` and writes the report.
 
-    Each case's log line ends in the ETA of the cases left (all depths); `progress`: also
-    print the windows done inside each case to stderr, at most every 10 s."""
+    Each case is recorded in REPORT/cases/ once scored (`CaseRecord`); a rerun with the same
+    settings reuses the records whose samples are there (`overwrite`: redo every case). With
+    jax.distributed the cases are split across the processes (`cluster.share`), each writing
+    its own cases' samples and records; process 0 then writes volumes.csv and the report from
+    all the records and returns it (the others return None). Each case's log line ends in the
+    ETA of this process's cases left (all depths); `progress`: also print the windows done
+    inside each case to stderr, at most every 10 s."""
     out = files.make_output_dir(output)  # before any work: InputError if it cannot be
     dataset = datasets.resolve(data)
     if dataset.protocol.name != model.protocol.name:
@@ -59,9 +154,6 @@ def evaluate_model(
     if not cases:
         raise InputError(data, f"no labelled cases in split {split!r}")
     protocol = model.protocol
-    rows, previews, volume_rows = [], {}, []
-    calib: dict[int, calibration.CalibrationStats] = {}
-    timing: dict[int, dict[str, dict]] = {}
     per_window = (
         opts.sampler.denoiser_evaluations(model.schedule.num_timesteps) * opts.sampler.ensemble
         if model.diffusion
@@ -69,59 +161,66 @@ def evaluate_model(
     )
     key = jax.random.key(opts.seed)
     start = time.perf_counter()
-    total = len(depths) * len(cases)
+    mine = cluster.share(cases)
+    total = len(depths) * len(mine)
+
+    def folders(depth: int) -> tuple[Path, Path]:
+        sub = f"depth{depth}" if len(depths) > 1 else ""
+        return out / "samples" / sub, out / RECORDS / sub
+
     for d, depth in enumerate(depths):
         segmenter = predict.Segmenter(model, dataclasses.replace(opts, depth=depth))
-        samples = out / "samples" / (f"depth{depth}" if len(depths) > 1 else "")
+        samples, records = folders(depth)
         predict.write_label_tables(samples, protocol)
-        calib[depth] = stats = calibration.CalibrationStats()
-        timing[depth] = times = {}
-        for i, case in enumerate(cases):
+        settings = _settings(model, data, split, opts, depth, hd95_mode)
+        for i, case in enumerate(mine):
+            record = records / f"{case.case_id}.npz"
+            seg_file = names.segmentation(samples, case.case_id)
+            if not overwrite and seg_file.is_file() and _load_record(record, settings):
+                logging.info("evaluate: depth %d %s: scored before, kept", depth, case.case_id)
+                continue
             ticker = progress_lib.Ticker(
-                f"evaluate: depth {depth} [{i + 1}/{len(cases)}] {case.case_id}",
+                f"evaluate: depth {depth} [{i + 1}/{len(mine)}] {case.case_id}",
                 on=progress,
                 stream=sys.stderr,
             )
-            image, label = io.load_image(case.image), io.load_label(case.label)
-            io.check_same_grid(image, label)
-            codes = dict(case.codes) if case.codes is not None else None
-            ref = protocol.encode(label.data, case.label, codes)  # the dataset's own values
-            case_key = predict.file_key(key, case.case_id)
-            result = segmenter.segment_volume(image, case_key, ticker.update)
-            predict.write_outputs(samples, result, protocol)
-            case_rows = report.evaluate_case(
-                result.labels,
-                ref,
-                label.spacing,
-                protocol,
-                case=case.case_id,
-                hd95_mode=hd95_mode,
-                depth=depth if len(depths) > 1 else None,
+            rec = _segment_and_score(
+                segmenter, case, protocol, key, ticker, hd95_mode, depth, depths, per_window
             )
-            rows += case_rows
-            stats.add(case.case_id, result.labels, ref, result.confidence, result.entropy)
-            times[case.case_id] = {
-                "seconds": round(result.seconds, 3),
-                "windows": result.windows,
-                "denoiser_evals": result.windows * per_window,
-            }
-            if depth == depths[0]:
-                previews[case.case_id] = plots.make_preview(
-                    ref, result.labels, label.spacing, result.volume.data
-                )
-                volume_rows.append(predict.volumes_row(result, protocol))
-            score = report.case_scores(case_rows)[case.case_id]
+            predict.write_outputs(samples, rec["result"], protocol)
+            _save_record(record, rec["record"], settings)
             logging.info(
                 "evaluate: depth %d [%d/%d] %s: mean leaf Dice %.4f (%d windows, %.1f s)%s",
                 depth,
                 i + 1,
-                len(cases),
+                len(mine),
                 case.case_id,
-                score,
-                result.windows,
-                result.seconds,
-                progress_lib.eta(time.perf_counter() - start, d * len(cases) + i + 1, total),
+                rec["score"],
+                rec["record"].timing["windows"],
+                rec["record"].timing["seconds"],
+                progress_lib.eta(time.perf_counter() - start, d * len(mine) + i + 1, total),
             )
+    cluster.barrier("msseg: evaluation cases scored")
+    if not cluster.is_main():
+        return None
+    rows, previews, volume_rows = [], {}, []
+    calib: dict[int, calibration.CalibrationStats] = {}
+    timing: dict[int, dict[str, dict]] = {}
+    for depth in depths:
+        calib[depth] = stats = calibration.CalibrationStats()
+        timing[depth] = times = {}
+        settings = _settings(model, data, split, opts, depth, hd95_mode)
+        for case in cases:
+            path = folders(depth)[1] / f"{case.case_id}.npz"
+            rec = _load_record(path, settings)
+            if rec is None:
+                raise RuntimeError(f"{path}: no record of this evaluation (a process failed?)")
+            rows += rec.rows
+            stats.add_selected(case.case_id, *rec.selected)
+            times[case.case_id] = rec.timing
+            if depth == depths[0]:
+                previews[case.case_id] = rec.preview
+                volume_rows.append(rec.volumes)
     predict.write_volumes(out / "samples" / "volumes.csv", volume_rows)
 
     def per_depth(make):
@@ -161,3 +260,43 @@ def evaluate_model(
         overlap=opts.overlap,
         seconds=round(time.perf_counter() - start, 1),
     )
+
+
+def _segment_and_score(
+    segmenter, case, protocol, key, ticker, hd95_mode, depth, depths, per_window
+) -> dict:
+    """One case segmented and scored: {"result": the segmentation, "record": its CaseRecord,
+    "score": its mean leaf Dice}."""
+    image, label = io.load_image(case.image), io.load_label(case.label)
+    io.check_same_grid(image, label)
+    codes = dict(case.codes) if case.codes is not None else None
+    ref = protocol.encode(label.data, case.label, codes)  # the dataset's own values
+    result = segmenter.segment_volume(image, predict.file_key(key, case.case_id), ticker.update)
+    case_rows = report.evaluate_case(
+        result.labels,
+        ref,
+        label.spacing,
+        protocol,
+        case=case.case_id,
+        hd95_mode=hd95_mode,
+        depth=depth if len(depths) > 1 else None,
+    )
+    first = depth == depths[0]
+    record = CaseRecord(
+        rows=case_rows,
+        selected=calibration.select(result.labels, ref, result.confidence, result.entropy),
+        timing={
+            "seconds": round(result.seconds, 3),
+            "windows": result.windows,
+            "denoiser_evals": result.windows * per_window,
+        },
+        volumes=predict.volumes_row(result, protocol) if first else None,
+        preview=plots.make_preview(ref, result.labels, label.spacing, result.volume.data)
+        if first
+        else None,
+    )
+    return {
+        "result": result,
+        "record": record,
+        "score": report.case_scores(case_rows)[case.case_id],
+    }

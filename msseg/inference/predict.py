@@ -22,9 +22,9 @@ under the node chosen at every coarser level), and write:
 
 A case's files (and the new volumes.csv) are first written under hidden temporary names in
 the output folder and renamed over the old ones only once every one is written (`Staging`):
-a case that fails leaves the outputs of an earlier run untouched. The output folder and an
-existing volumes.csv are checked before any file is segmented. docs/outputs.md describes
-every file, its units, and how to open it in a viewer.
+a case that fails leaves the outputs of an earlier run untouched. The loop over files, on
+one process or several, is `cohort.run`. docs/outputs.md describes every file, its units,
+and how to open it in a viewer.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import glob
 import io as _io
 import os
 import re
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -57,7 +56,6 @@ from msseg.diffusion import segment as seg
 from msseg.diffusion.sampler_config import STEP_SAMPLERS, choice
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
-from msseg.inference import progress as progress_lib
 from msseg.inference import window
 from msseg.labels import LevelTables, Protocol
 
@@ -708,82 +706,3 @@ def find_inputs(spec: str) -> list[Path]:
         if other != f:
             raise InputError(f, f"writes the same outputs as {other} (same name)")
     return sorted(files)
-
-
-@dataclasses.dataclass(frozen=True)
-class Done:
-    name: str
-    seconds: float
-    windows: int
-
-
-def _merge_volumes(path: Path, rows: list[dict], to: Path | None = None) -> None:
-    """`path` (volumes.csv) with `rows` replacing the rows of their cases and the rows of
-    earlier runs for cases not redone now kept, written to `to` (default: `path`)."""
-    old = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            old = list(csv.DictReader(f))
-    names = {r["case"] for r in rows}
-    write_volumes(path if to is None else to, [r for r in old if r.get("case") not in names] + rows)
-
-
-def run(
-    model: model_lib.LoadedModel,
-    inputs: list[Path],
-    output: str | os.PathLike,
-    opts: Options,
-    *,
-    progress: bool = False,
-) -> tuple[list[Done], list[tuple[Path, str]]]:
-    """Segments every input into `output`.
-
-    Before any file is read: the settings (`Segmenter`), the output folder (created if
-    needed, `files.make_output_dir`) and an existing volumes.csv there (`check_volumes`); a problem
-    is an InputError/ValueError. Then per file: its outputs and the updated volumes.csv (and,
-    with the first file done, the colour tables `stage_label_tables`) are staged and committed
-    together (`Staging`); a failing file is logged, its earlier outputs and volumes.csv row
-    stay as they were, and the batch goes on. Each file's log line ends in the ETA of the
-    files left (`progress.eta`); `progress`: also print the windows done inside each file to
-    stderr, at most every 10 s (`progress.Ticker`). Returns (done, failures as (path,
-    message)).
-    """
-    segmenter = Segmenter(model, opts)  # checks the settings before anything is written
-    out = files.make_output_dir(output)
-    table = out / "volumes.csv"
-    check_volumes(table, model.protocol)
-    key = jax.random.key(opts.seed)
-    done, failures, rows = [], [], []
-    n, start, tables = len(inputs), time.perf_counter(), False
-    for i, path in enumerate(inputs, 1):
-        ticker = progress_lib.Ticker(
-            f"sample: [{i}/{n}] {names.stem(path)}", on=progress, stream=sys.stderr
-        )
-        try:
-            with Staging() as stage:
-                result = segmenter.segment_file(path, key, ticker.update)
-                stage_outputs(stage, out, result, model.protocol, opts.level)
-                row = volumes_row(result, model.protocol)
-                _merge_volumes(table, [*rows, row], to=stage.path(table))
-                if not tables:
-                    stage_label_tables(stage, out, model.protocol)
-                stage.commit()
-        except Exception as e:  # noqa: BLE001 — one bad file must not stop the batch
-            failures.append((path, f"{type(e).__name__}: {e}"))
-            eta = progress_lib.eta(time.perf_counter() - start, i, n)
-            logging.error("sample: [%d/%d] %s failed: %s%s", i, n, path, e, eta)
-            continue
-        tables = True
-        rows.append(row)
-        done.append(Done(result.name, result.seconds, result.windows))
-        logging.info(
-            "sample: [%d/%d] %s: %d windows, %.1f s%s",
-            i,
-            n,
-            result.name,
-            result.windows,
-            result.seconds,
-            progress_lib.eta(time.perf_counter() - start, i, n),
-        )
-        del result
-    return done, failures

@@ -18,11 +18,12 @@ import numpy as np
 from absl import logging
 
 from msseg import files
+from msseg.cluster import is_main
 from msseg.data import pipeline, preprocess
 from msseg.diffusion import losses
 from msseg.inference import model as model_lib
 from msseg.train import checkpoint, sharding, step, validate
-from msseg.train.metrics import MetricsLog, is_main, plot_curves
+from msseg.train.metrics import MetricsLog, plot_curves
 from msseg.train.setup import (
     Setup,
     build_setup,

@@ -12,16 +12,12 @@ import os
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from absl import logging
 
+from msseg.cluster import is_main
 from msseg.files import atomic_write
 from msseg.train import tensorboard as _tb
-
-
-def is_main() -> bool:
-    return jax.process_index() == 0
 
 
 class MetricsLog:

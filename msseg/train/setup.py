@@ -19,9 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
-from msseg import files
+from msseg import cluster, files
 from msseg.data import pipeline, preprocess
 from msseg.data.prepare import PreprocessConfig, check_spacing
 from msseg.diffusion import losses, samplers
@@ -31,7 +30,6 @@ from msseg.export import format as fmt
 from msseg.inference import model as model_lib
 from msseg.labels import IGNORE, Protocol, get_protocol
 from msseg.models.unet import MultiscaleUNet, UNetConfig
-from msseg.train.metrics import is_main
 from msseg.train.state import TrainConfig, ValMode
 
 # Keys older configs hold that no longer configure anything: dropped when a config is read.
@@ -96,10 +94,10 @@ def ensure_cache(config: ml_collections.ConfigDict, workdir: Path) -> str:
             val_fraction=d.val_fraction,
         )
 
-    if is_main():
+    if cluster.is_main():
         build()
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("msseg: cache ready")
+        cluster.barrier("msseg: cache ready")
         if not (Path(cache) / "manifest.json").is_file():  # no shared file system
             build()
     return cache
