@@ -23,6 +23,7 @@ import optax
 
 from msseg.diffusion import losses
 from msseg.diffusion import schedule as sch
+from msseg.inference.throughput import memory_mb
 from msseg.models import conv
 from msseg.models.unet import MultiscaleUNet, UNetConfig
 
@@ -83,27 +84,6 @@ def config_workload(
         loss=s.loss,
         schedule=s.schedule_kind,
     )
-
-
-def memory_mb(compiled) -> dict | None:
-    """Per-device memory of a compiled program (XLA's memory analysis), in MiB; None where
-    the backend does not report it."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - backends without the analysis raise various errors
-        return None
-    if m is None:
-        return None
-    parts = {
-        k: getattr(m, f"{k}_size_in_bytes", 0) or 0
-        for k in ("argument", "output", "temp", "alias", "generated_code")
-    }
-    out = {k: round(v / 2**20, 1) for k, v in parts.items()}
-    # donated/aliased outputs share their argument's buffer: count them once
-    out["total"] = round(
-        (parts["argument"] + parts["output"] - parts["alias"] + parts["temp"]) / 2**20, 1
-    )
-    return out
 
 
 def _finite(v: float, digits: int = 2) -> float | None:

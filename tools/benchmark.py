@@ -8,15 +8,18 @@ model (--model or --config).
   python tools/benchmark.py --workload=configs/quickstart.py --skip=unet,unet3plus,unetpp
   python tools/benchmark.py --model=MODEL|--config=configs/X.py --output=FILE.json
       [--samplers=ddim,ddpm,multiscale] [--steps=5,10] [--ensembles=1,4] [--sizes=48,96]
+      [--devices=1,8] [--space=1,4] [--window=whole] [--compile_only]
       [--compare=exported|local|xla|onednn|slices2d]
 
-Sampling throughput: compile time, s per denoiser evaluation, volumes/min and voxels/s and
-peak memory per sampler x steps x ensemble x volume size; --compare reruns the grid with a
+Sampling throughput: compile time, s per denoiser evaluation, volumes/min and voxels/s, peak
+memory and the compiled chain's memory per device per sampler x steps x ensemble x volume
+size x devices x space (--compile_only: the memory alone); --compare reruns the grid with a
 baseline (the other route, or the local route with that convolution) in the same process
 and prints speed-ups.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -64,7 +67,26 @@ flags.DEFINE_list("samplers", ["ddim"], "Samplers: ddim, dpmpp2m, ddpm, multisca
 flags.DEFINE_list("steps", ["10"], "DDIM / DPM-Solver++ steps to try.")
 flags.DEFINE_list("ensembles", ["1"], "Ensemble sizes to try.")
 flags.DEFINE_list("sizes", ["64"], "Cubic volume sizes (voxels per side, at the model's spacing).")
-flags.DEFINE_integer("batch", 1, "Windows per compiled call.")
+flags.DEFINE_integer("batch", 1, "Windows per device per compiled call.")
+flags.DEFINE_list(
+    "devices",
+    ["1"],
+    "Sampling: local devices the windows are sharded over (the data axis), one row each.",
+)
+flags.DEFINE_list(
+    "space",
+    ["1"],
+    "Sampling: devices each window is split over along its first axis (local route, XLA "
+    "convolutions), one row each.",
+)
+flags.DEFINE_string(
+    "window", None, "Sampling: window X,Y,Z voxels or 'whole' (default: the model's patch)."
+)
+flags.DEFINE_bool(
+    "compile_only",
+    False,
+    "Sampling: compile each setting and report its chain's memory per device, without running.",
+)
 flags.DEFINE_string(
     "compare",
     None,
@@ -74,6 +96,10 @@ flags.DEFINE_string(
 
 def _load(route: str, conv_impl: str = "auto"):
     from msseg.inference import model as model_lib
+
+    if any(int(s) > 1 for s in FLAGS.space):  # GSPMD splits XLA's convolution along space
+        route = "local" if route == "auto" else route
+        conv_impl = "xla" if conv_impl == "auto" else conv_impl
 
     if FLAGS.model:
         return model_lib.load_model(FLAGS.model, route=route, conv_impl=conv_impl)
@@ -85,6 +111,13 @@ def _load(route: str, conv_impl: str = "auto"):
     return setup_lib.random_model(config, conv_impl=conv_impl)
 
 
+def _window():
+    if FLAGS.window is None or FLAGS.window == "whole":
+        return FLAGS.window
+    sizes = tuple(int(v) for v in FLAGS.window.split(","))
+    return sizes * 3 if len(sizes) == 1 else sizes
+
+
 def _grid(model) -> list[dict]:
     from msseg.inference import throughput
 
@@ -93,7 +126,11 @@ def _grid(model) -> list[dict]:
         steps = [int(s) for s in FLAGS.steps] if sampler in STEP_SAMPLERS else [0]
         for n in steps:
             for ens in (int(e) for e in FLAGS.ensembles):
-                for size in (int(s) for s in FLAGS.sizes):
+                for size, devices, space in itertools.product(
+                    (int(s) for s in FLAGS.sizes),
+                    (int(d) for d in FLAGS.devices),
+                    (int(s) for s in FLAGS.space),
+                ):
                     row = throughput.measure(
                         model,
                         sampler=sampler,
@@ -102,6 +139,10 @@ def _grid(model) -> list[dict]:
                         size=size,
                         repeats=FLAGS.repeats,
                         batch=FLAGS.batch,
+                        devices=devices,
+                        space=space,
+                        window=_window(),
+                        run=not FLAGS.compile_only,
                     )
                     print(json.dumps(row), flush=True)
                     rows.append(row)

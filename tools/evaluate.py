@@ -123,6 +123,8 @@ def _model_mode():
             input_depth=FLAGS.input_depth,
             tta=FLAGS.tta,
             devices=FLAGS.devices,
+            space=FLAGS.space,
+            window=cli.window(FLAGS),
         )
         logging.info("evaluate: %s", predict.mesh_text(opts))
         result = evaluate.evaluate_model(

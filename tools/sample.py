@@ -84,6 +84,8 @@ def main(argv):
             level,
             tta=FLAGS.tta,
             devices=FLAGS.devices,
+            space=FLAGS.space,
+            window=cli.window(FLAGS),
         )
         mesh = predict.mesh_text(opts)
     except ValueError as e:

@@ -19,7 +19,8 @@ SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
 
 def define_sampling_flags() -> None:
     """Defines --sampler, --steps, --ensemble, --eta, --fusion, --step_fusion (None: the
-    model's default), --seed, --overlap, --batch, --devices, --tta, --route and --progress."""
+    model's default), --seed, --overlap, --batch, --devices, --space, --window, --tta,
+    --route and --progress."""
     flags.DEFINE_enum("sampler", None, list(sc.SAMPLERS), "Sampler (default: the model's).")
     flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
     flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
@@ -39,6 +40,20 @@ def define_sampling_flags() -> None:
         0,
         "Local devices the windows are sharded over (a data mesh axis): 0 = every local GPU "
         "or TPU, one device on a CPU; N = the first N (also N fake CPU devices).",
+    )
+    flags.DEFINE_integer(
+        "space",
+        1,
+        "Local devices each window is split over along its first axis (a `space` mesh axis, "
+        "the mesh --devices x --space; local route, XLA convolutions): windows larger than "
+        "one device holds, e.g. --window=whole for a whole 1 mm head.",
+    )
+    flags.DEFINE_string(
+        "window",
+        None,
+        "Window size in voxels at the model's spacing, X,Y,Z (multiples of 2^(depths-1); X "
+        "also of --space), or 'whole' (the whole volume in one window); default: the model's "
+        "training patch.",
     )
     flags.DEFINE_enum(
         "tta",
@@ -65,10 +80,29 @@ def define_sampling_flags() -> None:
 
 
 def open_model(values: flags.FlagValues) -> tuple[model_lib.LoadedModel, sc.SamplerConfig]:
-    """`model_lib.open_model` of --model with the sampler flags given (the rest: the model's)."""
+    """`model_lib.open_model` of --model with the sampler flags given (the rest: the model's).
+    With --space > 1 the local route with XLA's convolution, which GSPMD splits along space
+    (--route=auto picks it; --route=exported is refused by the Segmenter)."""
     overrides = {name: values[name].value for name in SAMPLER_FLAGS}
     overrides["kind"] = overrides.pop("sampler")
-    return model_lib.open_model(values.model, values.route, **overrides)
+    route, conv_impl = values.route, "auto"
+    if values.space > 1:
+        conv_impl = "xla"
+        if route == model_lib.Route.AUTO.value:
+            route = model_lib.Route.LOCAL.value
+    return model_lib.open_model(values.model, route, conv_impl, **overrides)
+
+
+def window(values: flags.FlagValues) -> tuple[int, int, int] | str | None:
+    """--window as `predict.Options.window` (ValueError on a malformed value)."""
+    text = values.window
+    if text is None or text.strip() == predict.WHOLE:
+        return None if text is None else predict.WHOLE
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--window must be X,Y,Z voxels or 'whole', got {text!r}") from None
+    return sizes * 3 if len(sizes) == 1 else sizes
 
 
 def show_progress(values: flags.FlagValues) -> bool:

@@ -314,7 +314,7 @@ def in_memory(
 
 
 def open_model(
-    path: str | Path, route: str = "auto", **sampler
+    path: str | Path, route: str = "auto", conv_impl: str = "auto", **sampler
 ) -> tuple[LoadedModel, seg.SamplerConfig]:
     """`load_model` plus its `sampler_config` with the given overrides (the tools' entry).
 
@@ -322,7 +322,7 @@ def open_model(
     any sampler setting for a deterministic model, `steps` for samplers other than ddim
     (ddpm runs every timestep; multiscale and anchored have coarse_steps/refine_steps),
     `eta` for ddpm (always ancestral)."""
-    model = load_model(path, route=route)
+    model = load_model(path, route=route, conv_impl=conv_impl)
     cfg = sampler_config(model, **sampler)
     given = [k for k, v in sampler.items() if v is not None]
     if not model.diffusion and given:

@@ -60,6 +60,7 @@ from msseg.inference import window
 from msseg.labels import LevelTables, Protocol
 
 _FLIP_STREAM = 0x5EED_F11B  # the flipped pass's noise: its own stream of the case's key
+WHOLE = "whole"  # `Options.window`: the whole volume in one window
 LEVELS = ("leaves", "all")
 """`Options.level` besides a tree level number: the leaves only, or the leaves and every level."""
 
@@ -94,11 +95,33 @@ class Options:
     # every local device of an accelerator backend, one on the CPU (where one device already
     # uses every core); n = the first n local devices
     devices: int = 1
+    # devices each window is split over along its first axis (a `space` mesh axis, GSPMD
+    # halos between neighbours; the local route): a window larger than one device holds.
+    # The mesh is `devices` x `space` local devices
+    space: int = 1
+    # window size in voxels at the model's spacing (each a multiple of 2^(depths-1), the first
+    # also of `space`); None = the model's training patch; "whole" = the whole padded volume
+    # in one window (one compile per volume shape)
+    window: tuple[int, int, int] | str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
         if not isinstance(self.devices, int) or isinstance(self.devices, bool) or self.devices < 0:
             raise ValueError(f"devices must be an integer >= 0, got {self.devices!r}")
+        if not isinstance(self.space, int) or isinstance(self.space, bool) or self.space < 1:
+            raise ValueError(f"space must be an integer >= 1, got {self.space!r}")
+        w = self.window
+        if isinstance(w, str | list | tuple) and w != WHOLE:
+            ok = (
+                not isinstance(w, str)
+                and len(w) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in w)
+            )
+            if not ok:
+                raise ValueError(f"window must be 3 positive integers or {WHOLE!r}, got {w!r}")
+            object.__setattr__(self, "window", tuple(w))
+        elif w is not None and w != WHOLE:
+            raise ValueError(f"window must be 3 positive integers or {WHOLE!r}, got {w!r}")
         if not isinstance(self.input_depth, int) or self.input_depth < 0:
             raise ValueError(f"input_depth must be an integer >= 0, got {self.input_depth!r}")
         level = self.level
@@ -171,13 +194,28 @@ def window_devices(n: int) -> list:
     return local[:n]
 
 
+def mesh_devices(opts: Options) -> np.ndarray:
+    """The [data, space] grid of local devices a run with `opts` uses (`Options.devices` on
+    the data axis, `Options.space` on the space axis)."""
+    data = len(window_devices(opts.devices))
+    local = jax.local_devices()
+    if data * opts.space > len(local):
+        raise ValueError(
+            f"a mesh of {data} x space={opts.space} devices, but this process has {len(local)} "
+            f"local {local[0].platform} device(s)"
+        )
+    return np.array(local[: data * opts.space], dtype=object).reshape(data, opts.space)
+
+
 def mesh_text(opts: Options) -> str:
     """The mesh a run with `opts` uses, for its log: devices, their kind, processes."""
-    d = window_devices(opts.devices)
+    grid = mesh_devices(opts)
+    data, space = grid.shape
+    split = f", each window split over {space} along its first axis" if space > 1 else ""
     return (
-        f"windows over {len(d)} {d[0].platform} device(s) (mesh data={len(d)}, "
-        f"{opts.batch} window(s) each), process {jax.process_index() + 1} of "
-        f"{jax.process_count()}"
+        f"windows over {grid.size} {grid.flat[0].platform} device(s) (mesh data={data} x "
+        f"space={space}, {opts.batch} window(s) per data shard{split}), process "
+        f"{jax.process_index() + 1} of {jax.process_count()}"
     )
 
 
@@ -206,9 +244,29 @@ class Segmenter:
             )
         self.model, self.opts = model, opts
         self.fn = model_lib.segment_batch(model, opts.sampler, opts.depth)
-        self.devices = window_devices(opts.devices)
+        grid = mesh_devices(opts)
+        self.devices = list(grid[:, 0])  # one per data shard
+        self.space = opts.space
+        # windows are whole multiples of the U-Net's total downsampling at this depth
+        self.divisor = 2 ** (model.num_depths - 1 - opts.depth)
+        self.patch = self._window_of(opts.window)
+        if model.route != model_lib.Route.LOCAL and self.patch != tuple(
+            p // 2**opts.depth for p in model.patch
+        ):
+            raise ValueError(
+                f"window {opts.window} needs the local route (--route=local): the exported "
+                f"chain is compiled for the training patch {tuple(model.patch)}"
+            )
         self._sharded = self._replicated = None
-        if len(self.devices) > 1:
+        if self.space > 1:
+            if model.route != model_lib.Route.LOCAL:
+                raise ValueError(
+                    f"space={self.space} splits windows across devices on the local route "
+                    "(--route=local): the exported chain is compiled for one device"
+                )
+            self.mesh = jax.sharding.Mesh(grid, ("data", "space"))
+            self._sharded = jax.jit(self._spatial)
+        elif len(self.devices) > 1:
             self.mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
             self._sharded = jax.jit(
                 jax.shard_map(
@@ -220,8 +278,30 @@ class Segmenter:
             )
         # an ensemble of a diffusion model: the members' variance is blended and written too
         self.ensemble = model.diffusion and opts.sampler.ensemble > 1
-        self.patch = tuple(p // 2**opts.depth for p in model.patch)
         self.tree = model.protocol.level_tables()
+
+    def _window_of(self, window) -> tuple[int, int, int] | None:
+        """The window at the entry depth (None: per volume, `Options.window="whole"`)."""
+        if window == WHOLE:
+            return None
+        full = window or self.model.patch
+        step = 2**self.opts.depth
+        need = [self.divisor * step * (self.space if i == 0 else 1) for i in range(3)]
+        if any(w % n for w, n in zip(full, need, strict=True)):
+            raise ValueError(
+                f"window {tuple(full)} must be a multiple of {tuple(need)} voxels (the "
+                f"U-Net's {self.model.num_depths} depths from entry depth {self.opts.depth}"
+                + (f", and space={self.space} along the first axis)" if self.space > 1 else ")")
+            )
+        return tuple(w // step for w in full)
+
+    def window_for(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """The window used on a prepared image of `shape`: `Options.window`, or with "whole"
+        the shape rounded up to whole multiples of the U-Net's downsampling (and `space`)."""
+        if self.patch is not None:
+            return self.patch
+        need = [self.divisor * (self.space if i == 0 else 1) for i in range(3)]
+        return tuple(-(-s // n) * n for s, n in zip(shape, need, strict=True))
 
     def with_params(self, params) -> Segmenter:
         """This segmenter with other params of the same model (shares the compiled call)."""
@@ -239,36 +319,70 @@ class Segmenter:
         """One device's share of a sharded call: its `batch` windows and its chunk's key."""
         return self.fn(params, images, jax.random.wrap_key_data(key_data[0]))
 
+    def _spatial(self, params, images, key_data):
+        """The space-sharded call: images [n, b, X, Y, Z, 1] (chunk i on data shard i, X split
+        over `space`), each chunk segmented with its own key; GSPMD partitions the convolutions
+        along X with halos between neighbouring devices."""
+
+        def chunk(imgs, kd):
+            return self.fn(params, imgs, jax.random.wrap_key_data(kd))
+
+        return jax.vmap(chunk)(images, key_data)
+
+    def _shardings(self) -> tuple[NamedSharding, NamedSharding, NamedSharding]:
+        """(params, windows, keys) shardings of the sharded call."""
+        rep = NamedSharding(self.mesh, P())
+        if self.space > 1:
+            return (
+                rep,
+                NamedSharding(self.mesh, P("data", None, "space")),
+                NamedSharding(self.mesh, P("data")),
+            )
+        data = NamedSharding(self.mesh, P("data"))
+        return rep, data, data
+
     def _call(self, batch: np.ndarray, keys: list[jax.Array]) -> dict:
         """The segment function on `len(keys)` chunks of `batch` windows: one call on one
-        device, or one sharded call with chunk d (and its key) on device d."""
+        device, or one sharded call with chunk d (and its key) on data shard d."""
         if self._sharded is None:
             return self.fn(self.model.params, batch, keys[0])
-        rep = NamedSharding(self.mesh, P())
-        data = NamedSharding(self.mesh, P("data"))
+        rep, windows, key_sharding = self._shardings()
         if self._replicated is None:
             self._replicated = jax.device_put(self.model.params, rep)
         key_data = np.stack([np.asarray(jax.random.key_data(k)) for k in keys])
+        if self.space > 1:
+            chunks = batch.reshape(len(keys), -1, *batch.shape[1:])
+            out = self._sharded(
+                self._replicated,
+                jax.device_put(chunks, windows),
+                jax.device_put(key_data, key_sharding),
+            )
+            return {k: np.asarray(v).reshape(-1, *v.shape[2:]) for k, v in out.items()}
         return self._sharded(
-            self._replicated, jax.device_put(batch, data), jax.device_put(key_data, data)
+            self._replicated, jax.device_put(batch, windows), jax.device_put(key_data, key_sharding)
         )
 
-    def lowered(self):
-        """The sharded call lowered for one group of windows (None on one device): its
-        compiled program's `input_shardings` show the windows split over `data`."""
-        if self._sharded is None:
-            return None
-        n = len(self.devices) * self.opts.batch
+    def lowered(self, shape: tuple[int, ...] | None = None):
+        """The call for one group of windows, lowered (`.compile()` gives its memory analysis
+        per device). Sharded, its compiled program's `input_shardings` show the windows split
+        over `data` (and their first axis over `space`). `shape`: the prepared image's, for
+        `window="whole"`."""
+        patch = self.window_for(shape) if shape is not None else self.patch
+        n, b = len(self.devices), self.opts.batch
         key_data = jax.random.key_data(jax.random.key(0))
-        rep = NamedSharding(self.mesh, P())
-        data = NamedSharding(self.mesh, P("data"))
+        if self._sharded is None:
+            params = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), self.model.params
+            )
+            images = jax.ShapeDtypeStruct((b, *patch, 1), jnp.float32)
+            return self.fn.lower(params, images, jax.random.key(0))
+        rep, windows, key_sharding = self._shardings()
         params = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=rep), self.model.params
         )
-        images = jax.ShapeDtypeStruct((n, *self.patch, 1), jnp.float32, sharding=data)
-        keys = jax.ShapeDtypeStruct(
-            (len(self.devices), *key_data.shape), key_data.dtype, sharding=data
-        )
+        lead = (n, b) if self.space > 1 else (n * b,)
+        images = jax.ShapeDtypeStruct((*lead, *patch, 1), jnp.float32, sharding=windows)
+        keys = jax.ShapeDtypeStruct((n, *key_data.shape), key_data.dtype, sharding=key_sharding)
         return self._sharded.lower(params, images, keys)
 
     def segment_array(self, image: np.ndarray, key: jax.Array) -> tuple[np.ndarray, ...]:
@@ -324,10 +438,11 @@ class Segmenter:
         """The window-blended, normalised probabilities of `image`, the blended per-window
         ensemble variance (None unless `variance`), and the window count."""
         k, b = self.model.num_classes, self.opts.batch
-        padded, crop = window.pad_to(image, self.patch, float(image.min()))
-        starts = window.window_starts(padded.shape, self.patch, self.opts.overlap)
-        blender = window.Blender(padded.shape, self.patch, k)
-        spread = window.Blender(padded.shape, self.patch, 1) if variance else None
+        patch = self.window_for(image.shape)
+        padded, crop = window.pad_to(image, patch, float(image.min()))
+        starts = window.window_starts(padded.shape, patch, self.opts.overlap)
+        blender = window.Blender(padded.shape, patch, k)
+        spread = window.Blender(padded.shape, patch, 1) if variance else None
         # one call per group of n chunks of b windows (n devices); chunk c starting at window
         # i gets the key fold_in(key, i) whatever n is, so the noise of every window and
         # hence the segmentation do not depend on the device count
@@ -341,7 +456,7 @@ class Segmenter:
             keys += keys[-1:] * (n - len(chunks))
             batch = np.stack(
                 [
-                    padded[tuple(slice(s, s + p) for s, p in zip(st, self.patch, strict=True))]
+                    padded[tuple(slice(s, s + p) for s, p in zip(st, patch, strict=True))]
                     for st in windows
                 ]
             )[..., None]
