@@ -69,3 +69,35 @@ def exported(tmp_path_factory, tiny_mni_cache):
     model_dir = exporter.export_model(workdir, root / "model")
     manifest = json.loads((Path(tiny_mni_cache) / "manifest.json").read_text())
     return workdir, model_dir, Path(manifest["root"])
+
+
+def run_processes(make_cmd, n: int = 2, *, cwd, env, timeout: int = 900) -> list[tuple[str, str]]:
+    """Runs `make_cmd(coordinator_flags)` as processes 0..n-1 of one jax.distributed run on
+    localhost (a free port); asserts each exits 0; returns each one's (stdout, stderr)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            make_cmd(
+                [
+                    f"--coordinator_address=localhost:{port}",
+                    f"--num_processes={n}",
+                    f"--process_id={i}",
+                ]
+            ),
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out + err[-3000:]
+    return outs

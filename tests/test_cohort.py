@@ -8,7 +8,6 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import run_processes
 from test_outputs import _opts, _random_model, _scan
 
 from msseg import names
@@ -88,12 +88,6 @@ def test_row_files_of_an_interrupted_multi_process_run_are_merged_first(model, t
     assert part.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _sample(model_dir, inputs, out, tmp_path, *extra) -> list[str]:
     return [
         sys.executable,
@@ -116,30 +110,10 @@ def test_two_processes_segment_a_folder_once_into_one_volumes_table(exported, tm
     for name in ("a", "b", "c"):
         shutil.copy(src, inputs / f"{name}.nii.gz")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
-    port = _free_port()
     two = tmp_path / "two"
-    procs = [
-        subprocess.Popen(
-            _sample(
-                model_dir,
-                inputs,
-                two,
-                tmp_path,
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out + err[-3000:]
+    outs = run_processes(
+        lambda flags: _sample(model_dir, inputs, two, tmp_path, *flags), cwd=tmp_path, env=env
+    )
     # process 0 takes a and c, process 1 takes b: each file segmented by exactly one
     assert "2 of 2 segmented" in outs[0][0] and "process 1 of 2" in outs[0][0]
     assert "1 of 1 segmented" in outs[1][0] and "process 2 of 2" in outs[1][0]
@@ -223,27 +197,8 @@ def test_two_processes_evaluate_a_split_into_one_report(exported, tmp_path):
             *extra,
         ]
 
-    port = _free_port()
     two = tmp_path / "two"
-    procs = [
-        subprocess.Popen(
-            cmd(
-                two,
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),  # fmt: skip
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out + err[-3000:]
+    outs = run_processes(lambda flags: cmd(two, *flags), cwd=tmp_path, env=env)
     assert "process 1 writes" in outs[1][0] and "3 cases; report in" in outs[0][0]
     scored = [m for _, err in outs for m in re.findall(r"\] (\w+): mean leaf Dice", err)]
     assert len(scored) == 3 and len(set(scored)) == 3  # each case by exactly one process

@@ -4,14 +4,13 @@ run killed during an asynchronous checkpoint save that resumes from the last com
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import dataset_of
+from conftest import dataset_of, run_processes
 
 ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.slow
@@ -37,38 +36,21 @@ def _env(devices):
     return env
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_together_and_checkpoint_their_own_data_position(
     tiny_mni_cache, tmp_path
 ):
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            _cmd(
-                tmp_path,
-                tiny_mni_cache,
-                "--config.train.mesh_data=4",
-                "--config.train.steps=3",
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            cwd=ROOT,
-            env=_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    outs = run_processes(
+        lambda flags: _cmd(
+            tmp_path,
+            tiny_mni_cache,
+            "--config.train.mesh_data=4",
+            "--config.train.steps=3",
+            *flags,
+        ),
+        cwd=ROOT,
+        env=_env(2),
+        timeout=600,
+    )
     checks = [re.search(r"'ema_params_l1': ([0-9.e+-]+)", out).group(1) for out, _ in outs]
     assert checks[0] == checks[1]  # both processes hold the same parameters
     assert "process 0 done" in outs[0][0] and "process 1 done" in outs[1][0]
