@@ -137,10 +137,11 @@ def run(
     protocol = model.protocol
     out = files.make_output_dir(output)
     table = out / "volumes.csv"
-    for path in [table, *parts(out)]:
-        predict.check_volumes(path, protocol)
-    if cluster.is_main():
-        merge_parts(out)  # an interrupted multi-process run's rows
+    predict.check_volumes(table, protocol)  # replaced atomically: read whole, old or new
+    if cluster.is_main():  # an interrupted multi-process run's rows, checked and merged
+        for path in parts(out):
+            predict.check_volumes(path, protocol)
+        merge_parts(out)
     cluster.barrier("msseg: sample outputs checked")
     share = cluster.share(inputs)
     rows_file = table if jax.process_count() == 1 else part_path(out, jax.process_index())
