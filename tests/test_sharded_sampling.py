@@ -75,6 +75,7 @@ def xla_model(exported):
     return model_lib.load_model(model_dir, route="local", conv_impl="xla")
 
 
+@pytest.mark.slow  # about a minute on 2 cores
 def test_a_2x4_data_by_space_mesh_segments_like_the_unsharded_chain(xla_model, image):
     cfg = model_lib.sampler_config(xla_model, steps=2, ensemble=2)
     key = jax.random.key(5)
@@ -151,6 +152,7 @@ def test_the_window_flag_reads_sizes_or_whole():
         read("big")
 
 
+@pytest.mark.slow  # about a minute on 2 cores
 def test_the_throughput_benchmark_reports_the_chain_memory_per_device_by_mesh(exported):
     from msseg.inference import throughput
 
