@@ -64,6 +64,21 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def all_ok(ok: bool) -> bool:
+    """Whether every process reports `ok`; a barrier for all of them. A process that
+    failed passes False instead of raising before the barrier, so no process waits for one
+    that is gone: each raises its own error, or learns that another process failed."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    flags_ = multihost_utils.process_allgather(np.asarray([ok], np.int32))
+    return bool(np.all(flags_))
+
+
 def is_main() -> bool:
     """Whether this is process 0 (the one that writes shared files)."""
     import jax

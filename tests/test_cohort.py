@@ -199,7 +199,7 @@ def test_two_processes_evaluate_a_split_into_one_report(exported, tmp_path):
 
     two = tmp_path / "two"
     outs = run_processes(lambda flags: cmd(two, *flags), cwd=tmp_path, env=env)
-    assert "process 1 writes" in outs[1][0] and "3 cases; report in" in outs[0][0]
+    assert "the first process writes" in outs[1][0] and "3 cases; report in" in outs[0][0]
     scored = [m for _, err in outs for m in re.findall(r"\] (\w+): mean leaf Dice", err)]
     assert len(scored) == 3 and len(set(scored)) == 3  # each case by exactly one process
     one = tmp_path / "one"
@@ -210,3 +210,34 @@ def test_two_processes_evaluate_a_split_into_one_report(exported, tmp_path):
     assert a["calibration"]["ece"] == b["calibration"]["ece"]
     assert (two / "metrics.csv").read_text() == (one / "metrics.csv").read_text()
     assert _rows(two / "samples" / "volumes.csv") == _rows(one / "samples" / "volumes.csv")
+
+
+def test_an_evaluation_record_of_other_windows_or_a_later_depth_is_not_reused(model, tmp_path):
+    from msseg.data import mni152
+    from msseg.inference import evaluate, predict
+    from msseg.inference import model as model_lib
+
+    data = str(mni152.build(mni152.SynthConfig(counts=(0, 0, 1), spacing=4.0), tmp_path, workers=1))
+    opts = predict.Options(model_lib.sampler_config(model), batch=8)
+
+    def settings(o=opts, first=True):
+        return evaluate._settings(model, data, "test", o, 0, first, "pooled")
+
+    for other in (
+        settings(dataclasses.replace(opts, batch=4)),  # other windows share a key
+        settings(dataclasses.replace(opts, window="whole")),
+        settings(first=False),  # a later depth's records hold no volumes row or preview
+    ):
+        assert other != settings()
+
+
+def test_depths_0_1_then_1_0_into_one_report_redo_the_records_of_the_new_first(exported, tmp_path):
+    from msseg.inference import evaluate, predict
+    from msseg.inference import model as model_lib
+
+    _, model_dir, raw = exported  # trained to enter at depths 0 and 1
+    model, cfg = model_lib.open_model(model_dir, "exported", steps=2)
+    opts, report = predict.Options(cfg), tmp_path / "report"
+    evaluate.evaluate_model(model, str(raw), "test", report, opts, depths=(0, 1), worst=1)
+    rep = evaluate.evaluate_model(model, str(raw), "test", report, opts, depths=(1, 0), worst=1)
+    assert rep.summary["num_cases"] == 1 and rep.summary["entry_depths"] == [1, 0]

@@ -143,7 +143,9 @@ def _model_mode():
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"evaluate.py: {e}")
     if result is None:  # another process writes the report
-        print(f"evaluate.py: this process's cases are scored; process 1 writes {FLAGS.output}")
+        print(
+            f"evaluate.py: this process's cases are scored; the first process writes {FLAGS.output}"
+        )
         return
     print(report.format_dice_table(result.summary))
     _print_calibration(result.summary["calibration"])

@@ -52,8 +52,8 @@ def define_sampling_flags() -> None:
         "window",
         None,
         "Window size in voxels at the model's spacing, X,Y,Z (multiples of 2^(depths-1); X "
-        "also of --space), or 'whole' (the whole volume in one window); default: the model's "
-        "training patch.",
+        "of 2^(depths-1) x --space), or 'whole' (the whole volume in one window); default: "
+        "the model's training patch.",
     )
     flags.DEFINE_enum(
         "tta",

@@ -26,6 +26,7 @@ import jax
 from absl import logging
 
 from msseg import cluster, files, names
+from msseg.errors import InputError
 from msseg.inference import model as model_lib
 from msseg.inference import predict
 from msseg.inference import progress as progress_lib
@@ -91,25 +92,31 @@ def merge_parts(out: Path) -> None:
         p.unlink()
 
 
-def expected_outputs(out: Path, name: str, opts: predict.Options, protocol) -> list[Path]:
-    """The files `predict.stage_outputs` writes for case `name` with these settings."""
+def expected_outputs(
+    out: Path, name: str, opts: predict.Options, variance: bool, protocol
+) -> list[Path]:
+    """The files `predict.stage_outputs` writes for case `name` with these settings
+    (`variance`: the segmenter's ensemble writes a variance file)."""
     paths = [
         names.segmentation(out, name),
         names.uncertainty(out, name),
         out / f"{name}_qc.png",
     ]
-    if opts.sampler.ensemble > 1:
+    if variance:
         paths.append(names.variance(out, name))
     if opts.level == "all":
         paths += [names.level(out, name, lev) for lev in range(len(protocol.levels()))]
     return paths
 
 
-def complete(out: Path, path: Path, opts: predict.Options, protocol, rows: set[str]) -> bool:
-    """Whether input `path`'s outputs are all in `out` and its row is in `rows` (the cases
-    of volumes.csv)."""
+def complete(
+    out: Path, path: Path, opts: predict.Options, variance: bool, protocol, rows: set[str]
+) -> bool:
+    """Whether input `path`'s outputs (`expected_outputs`) are all in `out` and its row is in
+    `rows` (the cases of volumes.csv)."""
     name = names.stem(path)
-    return name in rows and all(p.is_file() for p in expected_outputs(out, name, opts, protocol))
+    expected = expected_outputs(out, name, opts, variance, protocol)
+    return name in rows and all(p.is_file() for p in expected)
 
 
 def run(
@@ -138,17 +145,24 @@ def run(
     out = files.make_output_dir(output)
     table = out / "volumes.csv"
     predict.check_volumes(table, protocol)  # replaced atomically: read whole, old or new
+    error = None
     if cluster.is_main():  # an interrupted multi-process run's rows, checked and merged
-        for path in parts(out):
-            predict.check_volumes(path, protocol)
-        merge_parts(out)
-    cluster.barrier("msseg: sample outputs checked")
+        try:
+            for path in parts(out):
+                predict.check_volumes(path, protocol)
+            merge_parts(out)
+        except (InputError, OSError) as e:  # reported after the barrier, on every process
+            error = e
+    if not cluster.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise InputError(out, "process 0 refused its row files (see its log)")
     share = cluster.share(inputs)
     rows_file = table if jax.process_count() == 1 else part_path(out, jax.process_index())
     skipped = []
     if not overwrite:
         have = {r.get("case") for r in _rows(table)}
-        skipped = [p for p in share if complete(out, p, opts, protocol, have)]
+        skipped = [p for p in share if complete(out, p, opts, segmenter.ensemble, protocol, have)]
         if skipped:
             logging.info(
                 "sample: %d of %d file(s) already segmented in %s, skipped (--overwrite redoes "

@@ -37,8 +37,9 @@ from msseg.inference import progress as progress_lib
 RECORDS = "cases"  # REPORT/cases/[depth<d>/]<case>.npz: one scored case, reused by a rerun
 
 
-def _settings(model, data, split, opts, depth: int, hd95_mode: str) -> dict:
-    """What a case record's figures depend on: a record made with other settings is redone."""
+def _settings(model, data, split, opts, depth: int, first: bool, hd95_mode: str) -> dict:
+    """What a case record's figures depend on: a record made with other settings is redone.
+    (The data-axis device count is not among them: each chunk of windows has its own key.)"""
     return {
         "model": str(model.path),
         # its metadata lists every file's checksum: a re-exported model is another model
@@ -53,7 +54,14 @@ def _settings(model, data, split, opts, depth: int, hd95_mode: str) -> dict:
         "input_depth": opts.input_depth,
         "tta": str(opts.tta),
         "depth": depth,
+        "first_depth": first,  # records of the first depth hold the volumes row and preview
         "hd95_mode": hd95_mode,
+        "route": str(model.route),
+        # windows: their size (and with "whole", space's rounding) and the windows sharing
+        # one key (a chunk of `batch`) change the segmentation
+        "window": list(opts.window) if isinstance(opts.window, tuple) else opts.window,
+        "space": opts.space,
+        "batch": opts.batch,
     }
 
 
@@ -168,39 +176,46 @@ def evaluate_model(
         sub = f"depth{depth}" if len(depths) > 1 else ""
         return out / "samples" / sub, out / RECORDS / sub
 
-    for d, depth in enumerate(depths):
-        segmenter = predict.Segmenter(model, dataclasses.replace(opts, depth=depth))
-        samples, records = folders(depth)
-        predict.write_label_tables(samples, protocol)
-        settings = _settings(model, data, split, opts, depth, hd95_mode)
-        for i, case in enumerate(mine):
-            record = records / f"{case.case_id}.npz"
-            seg_file = names.segmentation(samples, case.case_id)
-            if not overwrite and seg_file.is_file() and _load_record(record, settings):
-                logging.info("evaluate: depth %d %s: scored before, kept", depth, case.case_id)
-                continue
-            ticker = progress_lib.Ticker(
-                f"evaluate: depth {depth} [{i + 1}/{len(mine)}] {case.case_id}",
-                on=progress,
-                stream=sys.stderr,
-            )
-            rec = _segment_and_score(
-                segmenter, case, protocol, key, ticker, hd95_mode, depth, depths, per_window
-            )
-            predict.write_outputs(samples, rec["result"], protocol)
-            _save_record(record, rec["record"], settings)
-            logging.info(
-                "evaluate: depth %d [%d/%d] %s: mean leaf Dice %.4f (%d windows, %.1f s)%s",
-                depth,
-                i + 1,
-                len(mine),
-                case.case_id,
-                rec["score"],
-                rec["record"].timing["windows"],
-                rec["record"].timing["seconds"],
-                progress_lib.eta(time.perf_counter() - start, d * len(mine) + i + 1, total),
-            )
-    cluster.barrier("msseg: evaluation cases scored")
+    error = None
+    try:
+        for d, depth in enumerate(depths):
+            segmenter = predict.Segmenter(model, dataclasses.replace(opts, depth=depth))
+            samples, records = folders(depth)
+            predict.write_label_tables(samples, protocol)
+            settings = _settings(model, data, split, opts, depth, d == 0, hd95_mode)
+            for i, case in enumerate(mine):
+                record = records / f"{case.case_id}.npz"
+                seg_file = names.segmentation(samples, names.stem(case.image))
+                if not overwrite and seg_file.is_file() and _load_record(record, settings):
+                    logging.info("evaluate: depth %d %s: scored before, kept", depth, case.case_id)
+                    continue
+                ticker = progress_lib.Ticker(
+                    f"evaluate: depth {depth} [{i + 1}/{len(mine)}] {case.case_id}",
+                    on=progress,
+                    stream=sys.stderr,
+                )
+                rec = _segment_and_score(
+                    segmenter, case, protocol, key, ticker, hd95_mode, depth, depths, per_window
+                )
+                predict.write_outputs(samples, rec["result"], protocol)
+                _save_record(record, rec["record"], settings)
+                logging.info(
+                    "evaluate: depth %d [%d/%d] %s: mean leaf Dice %.4f (%d windows, %.1f s)%s",
+                    depth,
+                    i + 1,
+                    len(mine),
+                    case.case_id,
+                    rec["score"],
+                    rec["record"].timing["windows"],
+                    rec["record"].timing["seconds"],
+                    progress_lib.eta(time.perf_counter() - start, d * len(mine) + i + 1, total),
+                )
+    except Exception as e:  # reach the barrier: the other processes must not wait for this one
+        error = e
+    if not cluster.all_ok(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"{out}: another process failed to score its cases (see its log)")
     if not cluster.is_main():
         return None
     rows, previews, volume_rows = [], {}, []
@@ -209,7 +224,7 @@ def evaluate_model(
     for depth in depths:
         calib[depth] = stats = calibration.CalibrationStats()
         timing[depth] = times = {}
-        settings = _settings(model, data, split, opts, depth, hd95_mode)
+        settings = _settings(model, data, split, opts, depth, depth == depths[0], hd95_mode)
         for case in cases:
             path = folders(depth)[1] / f"{case.case_id}.npz"
             rec = _load_record(path, settings)

@@ -97,11 +97,11 @@ class Options:
     devices: int = 1
     # devices each window is split over along its first axis (a `space` mesh axis, GSPMD
     # halos between neighbours; the local route): a window larger than one device holds.
-    # The mesh is `devices` x `space` local devices
+    # The mesh is `devices` x `space` local devices (devices=0: every accelerator / space)
     space: int = 1
     # window size in voxels at the model's spacing (each a multiple of 2^(depths-1), the first
-    # also of `space`); None = the model's training patch; "whole" = the whole padded volume
-    # in one window (one compile per volume shape)
+    # of 2^(depths-1) x `space`); None = the model's training patch; "whole" = the whole
+    # padded volume in one window (one compile per volume shape)
     window: tuple[int, int, int] | str | None = None
 
     def __post_init__(self):
@@ -199,6 +199,8 @@ def mesh_devices(opts: Options) -> np.ndarray:
     the data axis, `Options.space` on the space axis)."""
     data = len(window_devices(opts.devices))
     local = jax.local_devices()
+    if opts.devices == 0 and opts.space > 1:  # every accelerator: as many windows as fit
+        data = max(data // opts.space, 1)
     if data * opts.space > len(local):
         raise ValueError(
             f"a mesh of {data} x space={opts.space} devices, but this process has {len(local)} "
