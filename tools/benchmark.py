@@ -111,15 +111,8 @@ def _load(route: str, conv_impl: str = "auto"):
     return setup_lib.random_model(config, conv_impl=conv_impl)
 
 
-def _window():
-    if FLAGS.window is None or FLAGS.window == "whole":
-        return FLAGS.window
-    sizes = tuple(int(v) for v in FLAGS.window.split(","))
-    return sizes * 3 if len(sizes) == 1 else sizes
-
-
 def _grid(model) -> list[dict]:
-    from msseg.inference import throughput
+    from msseg.inference import cli, throughput
 
     rows = []
     for sampler in FLAGS.samplers:
@@ -141,7 +134,7 @@ def _grid(model) -> list[dict]:
                         batch=FLAGS.batch,
                         devices=devices,
                         space=space,
-                        window=_window(),
+                        window=cli.window(FLAGS),
                         run=not FLAGS.compile_only,
                     )
                     print(json.dumps(row), flush=True)
