@@ -6,7 +6,7 @@
 #   (git worktree add BEFORE_TREE 933e571, then build csrc/onednn_conv.cc there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PEER=${1:-/tmp/msseg-peer/bin/python}
+PEER=${1:-.peers-venv/bin/python}
 BEFORE=${2:-/tmp/w1_before}
 OUT=${3:-/tmp/w1_gn_serial}
 PY=${PY:-.venv/bin/python}
@@ -17,8 +17,8 @@ bench() { "$PY" "$1/tools/benchmark.py" --workload=w1 --repeats=5 --conv_impl=on
 for rep in 1 2; do
   (cd "$BEFORE" && PYTHONPATH="$BEFORE" bench "$BEFORE") | sed "s/^/before /" | tee -a "$OUT/runs.txt"
   bench . | sed "s/^/after /" | tee -a "$OUT/runs.txt"
-  "$PEER" ../shared/peers/lean_w1.py | sed "s/^/peer /" | tee -a "$OUT/runs.txt"
-  "$PEER" ../shared/peers/lean_w1.py --bf16 | sed "s/^/peer /" | tee -a "$OUT/runs.txt"
+  "$PEER" peers/w1.py --model=lean | sed "s/^/peer /" | tee -a "$OUT/runs.txt"
+  "$PEER" peers/w1.py --model=lean --bf16 | sed "s/^/peer /" | tee -a "$OUT/runs.txt"
 done
-"$PEER" ../shared/peers/monai_w1.py | sed "s/^/peer /" | tee -a "$OUT/runs.txt"
-"$PEER" ../shared/peers/monai_w1.py --bf16 | sed "s/^/peer /" | tee -a "$OUT/runs.txt"
+"$PEER" peers/w1.py --model=monai | sed "s/^/peer /" | tee -a "$OUT/runs.txt"
+"$PEER" peers/w1.py --model=monai --bf16 | sed "s/^/peer /" | tee -a "$OUT/runs.txt"

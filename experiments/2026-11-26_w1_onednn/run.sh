@@ -4,7 +4,7 @@
 # Usage: bash experiments/2026-11-26_w1_onednn/run.sh PEER_PYTHON OUT_DIR
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PEER=${1:-/tmp/msseg-peer/bin/python}
+PEER=${1:-.peers-venv/bin/python}
 OUT=${2:-/tmp/w1_onednn}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
@@ -16,9 +16,9 @@ for alloc in thresholds glibc; do
     unset MALLOC_MMAP_THRESHOLD_ MALLOC_TRIM_THRESHOLD_
   fi
   bench --conv_impl=onednn --dtype=float32,mixed | sed "s/^/$alloc msseg /" | tee -a "$OUT/runs.txt"
-  "$PEER" ../shared/peers/lean_w1.py | sed "s/^/$alloc peer /" | tee -a "$OUT/runs.txt"
-  "$PEER" ../shared/peers/lean_w1.py --bf16 | sed "s/^/$alloc peer /" | tee -a "$OUT/runs.txt"
+  "$PEER" peers/w1.py --model=lean | sed "s/^/$alloc peer /" | tee -a "$OUT/runs.txt"
+  "$PEER" peers/w1.py --model=lean --bf16 | sed "s/^/$alloc peer /" | tee -a "$OUT/runs.txt"
 done
 export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296
 bench --conv_impl=slices2d --dtype=float32 | sed "s/^/thresholds msseg /" | tee -a "$OUT/runs.txt"
-"$PEER" ../shared/peers/monai_w1.py | sed "s/^/thresholds peer /" | tee -a "$OUT/runs.txt"
+"$PEER" peers/w1.py --model=monai | sed "s/^/thresholds peer /" | tee -a "$OUT/runs.txt"
