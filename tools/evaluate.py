@@ -7,11 +7,16 @@
       [--sampler=ddim|ddpm|multiscale|anchored] [--steps=N] [--ensemble=N] [--seed=S]
       [--step_fusion=none|mean|linear] [--depths=0,1] [--progress=auto|on|off]
 
+  python tools/evaluate.py --probs=DIR --data=SPEC --split=test --output=REPORT
+
 Writes REPORT/metrics.csv, summary.json, boxplot_<metric>.png and overlay PNGs of the worst
 cases, then prints mean Dice per label and level. With --model, the split's cases are
 segmented first (as sample.py does; outputs, colour tables included, under REPORT/samples/),
 each case's log line ending in the ETA of the cases left, and recorded under REPORT/cases/: a
 rerun with the same settings segments only the cases not recorded yet (--overwrite: all).
+With --probs, another implementation's probabilities on msseg's preprocessed grid (DIR/<case
+id>.npz and DIR/probabilities.json, as peers/peer.py writes them) are placed on each image's
+grid and scored exactly like msseg's own segmentations, calibration included.
 With jax.distributed (the flags train.py takes, msseg/cluster.py) the cases are split across
 the processes, and process 0 writes the report once all are scored.
 """
@@ -44,7 +49,13 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("worst", 3, "Overlay PNGs for this many lowest-Dice cases.")
 flags.DEFINE_string("output", None, "Report folder to write.")
 flags.DEFINE_string("model", None, "Model directory to segment --data with.")
-flags.DEFINE_string("data", None, "Dataset SPEC to segment and score (with --model).")
+flags.DEFINE_string("data", None, "Dataset SPEC to segment and score (with --model or --probs).")
+flags.DEFINE_string(
+    "probs",
+    None,
+    "Folder of another implementation's probabilities on msseg's preprocessed grid "
+    "(<case id>.npz, probabilities.json) to score on --data.",
+)
 flags.DEFINE_string("split", "test", "Split of --data to evaluate (with --model).")
 cli.define_sampling_flags()
 flags.DEFINE_list("depths", ["0"], "Entry depths to segment at (rows carry the depth if several).")
@@ -69,6 +80,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cluster.initialize(FLAGS)
+    if FLAGS.probs is not None:
+        if FLAGS.model is not None or FLAGS.data is None:
+            raise app.UsageError("--probs goes with --data (and not --model)")
+        _make_output_dir()
+        return _probs_mode()
     model_mode = FLAGS.model is not None or FLAGS.data is not None
     if model_mode and (FLAGS.model is None or FLAGS.data is None):
         raise app.UsageError("--model and --data go together")
@@ -146,6 +162,31 @@ def _model_mode():
         print(
             f"evaluate.py: this process's cases are scored; the first process writes {FLAGS.output}"
         )
+        return
+    print(report.format_dice_table(result.summary))
+    _print_calibration(result.summary["calibration"])
+    print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")
+
+
+def _probs_mode():
+    from msseg.errors import InputError
+    from msseg.evaluation import report
+    from msseg.inference import evaluate
+
+    try:
+        result = evaluate.evaluate_probabilities(
+            FLAGS.probs,
+            FLAGS.data,
+            FLAGS.split,
+            FLAGS.output,
+            hd95_mode=FLAGS.hd95,
+            worst=FLAGS.worst,
+            max_cases=FLAGS.max_cases,
+            overwrite=FLAGS.overwrite,
+        )
+    except (InputError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"evaluate.py: {e}")
+    if result is None:
         return
     print(report.format_dice_table(result.summary))
     _print_calibration(result.summary["calibration"])

@@ -45,6 +45,18 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("seed", 0, "Training seed of every arm (config.seed).")
 flags.DEFINE_string("readme", None, "README whose results block gets the tables.")
+flags.DEFINE_list(
+    "budgets",
+    ["main", "suite"],
+    "sota: msseg's training budgets the peers are compared at, in this order (main: the main "
+    "job's steps; suite: --steps); a later run with more budgets resumes the peers' training.",
+)
+flags.DEFINE_string(
+    "peer_python",
+    None,
+    "sota: the peer environment's python (default: .peers-venv/bin/python, made by "
+    "peers/setup.sh).",
+)
 flags.mark_flag_as_required("out")
 
 
@@ -75,6 +87,8 @@ def main(argv):
             seed=FLAGS.seed,
             readme=Path(FLAGS.readme).resolve() if FLAGS.readme else None,
             python=sys.executable,
+            budgets=tuple(FLAGS.budgets),
+            peer_python=FLAGS.peer_python,
         )
         written = results.write_all(settings, plan.run_suite(settings))
     except (ValueError, RuntimeError) as e:

@@ -20,7 +20,9 @@ import statistics
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -28,11 +30,13 @@ from absl import logging
 
 from msseg import cluster, files, io, names
 from msseg.data import datasets
+from msseg.data.prepare import PreprocessConfig, prepare_image
 from msseg.errors import InputError
 from msseg.evaluation import calibration, plots, report
 from msseg.inference import model as model_lib
 from msseg.inference import predict
 from msseg.inference import progress as progress_lib
+from msseg.labels import Protocol
 
 RECORDS = "cases"  # REPORT/cases/[depth<d>/]<case>.npz: one scored case, reused by a rerun
 
@@ -43,9 +47,7 @@ def _settings(model, data, split, opts, depth: int, first: bool, hd95_mode: str)
     return {
         "model": str(model.path),
         # its metadata lists every file's checksum: a re-exported model is another model
-        "model_metadata": hashlib.sha256(
-            json.dumps(model.metadata, sort_keys=True).encode()
-        ).hexdigest(),
+        "model_metadata": _digest(model.metadata),
         "data": str(data),
         "split": split,
         "sampler": dataclasses.asdict(opts.sampler),
@@ -125,6 +127,23 @@ def _load_record(path: Path, settings: dict) -> CaseRecord | None:
     )
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What the evaluation loop needs of whatever makes the segmentations: msseg's segmenter
+    (`evaluate_model`) or another implementation's probabilities (`evaluate_probabilities`)."""
+
+    protocol: Protocol
+    per_window: int  # network evaluations per window
+    segmenter: Callable[[int], Any]  # depth -> an object with segment_case(case, image, ...)
+    settings: Callable[[int, bool], dict]  # (depth, first depth) -> a record's settings
+    meta: dict  # the report's summary.json fields that say what was evaluated
+    tta: str = "none"  # flip: windows (and evaluations) count both passes
+
+
 def evaluate_model(
     model: model_lib.LoadedModel,
     data: str,
@@ -148,26 +167,199 @@ def evaluate_model(
     all the records and returns it (the others return None). Each case's log line ends in the
     ETA of this process's cases left (all depths); `progress`: also print the windows done
     inside each case to stderr, at most every 10 s."""
+    source = _Source(
+        protocol=model.protocol,
+        per_window=(
+            opts.sampler.denoiser_evaluations(model.schedule.num_timesteps) * opts.sampler.ensemble
+            if model.diffusion
+            else 1
+        ),
+        segmenter=lambda depth: _ModelCases(
+            predict.Segmenter(model, dataclasses.replace(opts, depth=depth))
+        ),
+        settings=lambda depth, first: _settings(model, data, split, opts, depth, first, hd95_mode),
+        tta=str(opts.tta),
+        meta={
+            "model": str(model.path),
+            "route": model.route,
+            "input_depth": opts.input_depth,
+            "sampler": dataclasses.asdict(opts.sampler),
+            "seed": opts.seed,
+            "overlap": opts.overlap,
+        },
+    )
+    return _evaluate(
+        source,
+        data,
+        split,
+        output,
+        depths=depths,
+        hd95_mode=hd95_mode,
+        worst=worst,
+        max_cases=max_cases,
+        progress=progress,
+        overwrite=overwrite,
+        seed=opts.seed,
+    )
+
+
+class _ModelCases:
+    """msseg's segmenter, each case with its own key (`predict.file_key`)."""
+
+    def __init__(self, segmenter: predict.Segmenter):
+        self.segmenter = segmenter
+
+    def segment_case(self, case, image: io.Volume, key, progress) -> predict.Result:
+        return self.segmenter.segment_volume(image, predict.file_key(key, case.case_id), progress)
+
+
+PROBABILITIES = "probabilities.json"  # what a --probs folder's maps are (ProbabilityMaps)
+
+
+class ProbabilityMaps:
+    """Another implementation's segmentation, as probabilities on the grid msseg's
+    preprocessing makes of each case (its cache grid): FOLDER/<case id>.npz holds `probs`
+    [X, Y, Z, K] (K = the protocol's leaves) and the inference's `seconds` and `windows`;
+    FOLDER/probabilities.json the `preprocess` settings (`PreprocessConfig` fields), the
+    `protocol` name, `network_evals_per_window`, and what made them (free-form: `producer`).
+
+    Each case becomes the `predict.Result` msseg's segmenter gives: the probabilities placed
+    back on the image's own grid and the leaf decided down the protocol's tree
+    (`predict.to_native`), the entropy of the probabilities, the decided leaf's confidence;
+    its seconds are the inference's plus this placement."""
+
+    def __init__(self, folder: str | os.PathLike, protocol: Protocol):
+        self.folder = Path(folder)
+        path = self.folder / PROBABILITIES
+        try:
+            self.info = json.loads(path.read_text())
+            self.preprocess = PreprocessConfig(
+                **{
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in self.info["preprocess"].items()
+                }
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(path, f"not a probabilities description ({e})") from None
+        if self.info.get("protocol") != protocol.name:
+            raise InputError(
+                path, f"protocol {self.info.get('protocol')!r}, the data's is {protocol.name!r}"
+            )
+        self.protocol, self.tree = protocol, protocol.level_tables()
+        self.per_window = int(self.info.get("network_evals_per_window", 1))
+
+    def digest(self) -> str:
+        """Changes when the description or any map file changes (a record is then redone)."""
+        stats = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in self.folder.glob("*.npz")
+        )
+        return _digest([self.info, stats])
+
+    def segment_case(self, case, image: io.Volume, key, progress) -> predict.Result:
+        path = self.folder / f"{case.case_id}.npz"
+        start = time.perf_counter()
+        try:
+            with np.load(path) as z:
+                probs = np.asarray(z["probs"], np.float32)
+                seconds, windows = float(z["seconds"]), int(z["windows"])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise InputError(path, f"cannot read the probabilities ({e})") from None
+        prepared, _ = prepare_image(image, self.preprocess)
+        k = self.protocol.num_leaves
+        if probs.shape != (*prepared.image.shape, k) or not np.all(np.isfinite(probs)):
+            raise InputError(
+                path,
+                f"probabilities of shape {probs.shape} (finite: {bool(np.all(np.isfinite(probs)))})"
+                f"; the case's preprocessed grid with {k} leaves is "
+                f"{(*prepared.image.shape, k)}",
+            )
+        probs = probs / np.maximum(probs.sum(-1, keepdims=True), 1e-12)
+        entropy = -np.sum(probs * np.log(np.maximum(probs, 1e-12)), -1)
+        labels, ent, conf = predict.to_native(probs, entropy, prepared, image, self.tree)
+        seconds += time.perf_counter() - start
+        return predict.Result(names.stem(image.path), labels, ent, conf, image, seconds, windows)
+
+
+def evaluate_probabilities(
+    folder: str | os.PathLike,
+    data: str,
+    split: str,
+    output: str | os.PathLike,
+    *,
+    hd95_mode: str = "pooled",
+    worst: int = 3,
+    max_cases: int = 0,
+    overwrite: bool = False,
+) -> report.Report | None:
+    """Scores another implementation's probabilities (`ProbabilityMaps`) on the labelled cases
+    of `split` in dataset `data`, exactly as `evaluate_model` scores msseg's own segmentations
+    (the same placement on each image's grid, leaf decision, metrics, calibration and
+    report)."""
+    dataset = datasets.resolve(data)
+    maps = ProbabilityMaps(folder, dataset.protocol)
+    digest = maps.digest()
+    source = _Source(
+        protocol=dataset.protocol,
+        per_window=maps.per_window,
+        segmenter=lambda depth: maps,
+        settings=lambda depth, first: {
+            "probabilities": str(Path(folder).resolve()),
+            "digest": digest,
+            "data": str(data),
+            "split": split,
+            "hd95_mode": hd95_mode,
+        },
+        meta={
+            "model": str(folder),
+            "route": "probabilities",
+            "producer": maps.info.get("producer", {}),
+            "sampler": maps.info.get("sampler") or {},
+            "overlap": maps.info.get("overlap"),
+        },
+    )
+    return _evaluate(
+        source,
+        data,
+        split,
+        output,
+        hd95_mode=hd95_mode,
+        worst=worst,
+        max_cases=max_cases,
+        overwrite=overwrite,
+    )
+
+
+def _evaluate(
+    source: _Source,
+    data: str,
+    split: str,
+    output: str | os.PathLike,
+    *,
+    depths: tuple[int, ...] = (0,),
+    hd95_mode: str = "pooled",
+    worst: int = 3,
+    max_cases: int = 0,
+    progress: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> report.Report | None:
+    """The evaluation loop of `evaluate_model` and `evaluate_probabilities`."""
     out = files.make_output_dir(output)  # before any work: InputError if it cannot be
     dataset = datasets.resolve(data)
-    if dataset.protocol.name != model.protocol.name:
+    protocol = source.protocol
+    if dataset.protocol.name != protocol.name:
         raise InputError(
             data,
             f"labels follow protocol {dataset.protocol.name!r}, the model predicts "
-            f"{model.protocol.name!r}",
+            f"{protocol.name!r}",
         )
     cases = [c for c in dataset.cases if c.split == split and c.label]
     if max_cases:
         cases = cases[:max_cases]
     if not cases:
         raise InputError(data, f"no labelled cases in split {split!r}")
-    protocol = model.protocol
-    per_window = (
-        opts.sampler.denoiser_evaluations(model.schedule.num_timesteps) * opts.sampler.ensemble
-        if model.diffusion
-        else 1
-    )
-    key = jax.random.key(opts.seed)
+    per_window = source.per_window
+    key = jax.random.key(seed)
     start = time.perf_counter()
     mine = cluster.share(cases)
     total = len(depths) * len(mine)
@@ -179,10 +371,10 @@ def evaluate_model(
     error = None
     try:
         for d, depth in enumerate(depths):
-            segmenter = predict.Segmenter(model, dataclasses.replace(opts, depth=depth))
+            segmenter = source.segmenter(depth)
             samples, records = folders(depth)
             predict.write_label_tables(samples, protocol)
-            settings = _settings(model, data, split, opts, depth, d == 0, hd95_mode)
+            settings = source.settings(depth, d == 0)
             for i, case in enumerate(mine):
                 record = records / f"{case.case_id}.npz"
                 seg_file = names.segmentation(samples, names.stem(case.image))
@@ -224,7 +416,7 @@ def evaluate_model(
     for depth in depths:
         calib[depth] = stats = calibration.CalibrationStats()
         timing[depth] = times = {}
-        settings = _settings(model, data, split, opts, depth, depth == depths[0], hd95_mode)
+        settings = source.settings(depth, depth == depths[0])
         for case in cases:
             path = folders(depth)[1] / f"{case.case_id}.npz"
             rec = _load_record(path, settings)
@@ -248,7 +440,7 @@ def evaluate_model(
             "median_seconds_per_case": round(
                 statistics.median(c["seconds"] for c in cases.values()), 3
             ),
-            "tta": str(opts.tta),  # flip: windows (and evaluations) count both passes
+            "tta": source.tta,  # flip: windows (and evaluations) count both passes
             "denoiser_evals_per_window": per_window,
             "denoiser_evals_per_case": sum(c["denoiser_evals"] for c in cases.values())
             / len(cases),
@@ -262,18 +454,13 @@ def evaluate_model(
         previews=previews,
         worst=worst,
         hd95_mode=hd95_mode,
-        model=str(model.path),
-        route=model.route,
         data=str(data),
         split=split,
         entry_depths=list(depths),
-        input_depth=opts.input_depth,
         calibration=per_depth(lambda d: calib[d].summary()),
         segmentation=per_depth(segmentation),
-        sampler=dataclasses.asdict(opts.sampler),
-        seed=opts.seed,
-        overlap=opts.overlap,
         seconds=round(time.perf_counter() - start, 1),
+        **source.meta,
     )
 
 
@@ -286,7 +473,7 @@ def _segment_and_score(
     io.check_same_grid(image, label)
     codes = dict(case.codes) if case.codes is not None else None
     ref = protocol.encode(label.data, case.label, codes)  # the dataset's own values
-    result = segmenter.segment_volume(image, predict.file_key(key, case.case_id), ticker.update)
+    result = segmenter.segment_case(case, image, key, ticker.update)
     case_rows = report.evaluate_case(
         result.labels,
         ref,

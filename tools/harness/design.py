@@ -19,6 +19,13 @@ recipe change alone and in the combinations that led to the default, at 40 % of 
 (`SKIP_DESIGNS`: `skips_<design>`) and compares them with the plain U-Net, which is the
 recipe experiment's `recipe_diff_s<seed>` (the same flags: one training serves both).
 
+The `sota` experiment compares msseg with established implementations run in their own
+environment (peers/): msseg's diffusion and deterministic models at the main job's steps
+(`sota_diff_main`, `sota_det_main`) and at the suite's (the recipe arms at the suite's seed),
+and each peer (`PEERS`) in one training resumed budget after budget, its snapshots taken at
+msseg's training times (equal wall-clock), at msseg's steps (equal optimiser steps, if reached
+within `peer_cap` x msseg's time) and at fractions of the first budget's time (the curve).
+
 An evaluation runs once, whichever experiments read it; the plan runs only the evaluations
 the chosen experiments read, and trains only the arms those evaluate.
 """
@@ -39,6 +46,13 @@ _NO_REC = "--config.diffusion.recycle_prob=0.0"
 _DDIM10 = "--config.sampler.steps=10"
 # the skip study's designs beside the plain U-Net (model.skip), trained as the recipe arm
 SKIP_DESIGNS = ("unet3plus", "unetpp")
+# the sota experiment's peers (peers/peer.py --model): nnU-Net's network as MONAI ships it, a
+# diffusion segmenter from MONAI's generative components, MONAI's plain U-Net
+PEERS = ("dynunet", "monai_diffusion", "monai_unet")
+# the sota experiment's budgets, in the order they are run
+SOTA_BUDGETS = ("main", "suite")
+# the peers' snapshots for the Dice-vs-wall-clock curve: fractions of the first budget's time
+CURVE_FRACTIONS = (0.25, 0.5)
 DETERMINISTIC = ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"]
 SCREEN = {
     "det": DETERMINISTIC,
@@ -97,6 +111,9 @@ def all_arms(s: Settings) -> dict[str, list[str]]:
         arms[f"recipe_det_s{seed}"] = [*s.base_flags(seed), cache, *DETERMINISTIC]
     for skip in SKIP_DESIGNS:
         arms[f"skips_{skip}"] = [*s.base_flags(), cache, f"--config.model.skip={skip}"]
+    # the main job's budget (the suite's is the recipe arms'), on the shared cache
+    arms["sota_diff_main"] = [*s.base_flags(steps=s.main_steps), cache]
+    arms["sota_det_main"] = [*s.base_flags(steps=s.main_steps), cache, *DETERMINISTIC]
     return arms
 
 
@@ -132,7 +149,23 @@ def all_evaluations(s: Settings) -> list[EvalJob]:
         jobs.append(EvalJob(f"recipe_diff_s{seed}", f"recipe_diff_s{seed}", ()))
         jobs.append(EvalJob(f"recipe_det_s{seed}", f"recipe_det_s{seed}", ()))
     jobs += [EvalJob(f"skips_{skip}", f"skips_{skip}", ()) for skip in SKIP_DESIGNS]
+    jobs += [EvalJob(f"sota_{kind}_main", f"sota_{kind}_main", ()) for kind in ("diff", "det")]
     return jobs
+
+
+def sota_budgets(s: Settings) -> dict[str, dict]:
+    """msseg's training budgets the settings choose (`s.budgets`, of `SOTA_BUDGETS`): the main
+    job's (the config's own steps) and the suite's; each with the diffusion arm whose
+    training time is the peers' clock and the deterministic arm of the same steps."""
+    every = {
+        "main": {"steps": s.main_steps, "diff": "sota_diff_main", "det": "sota_det_main"},
+        "suite": {
+            "steps": s.train_steps,
+            "diff": f"recipe_diff_s{s.seed}",
+            "det": f"recipe_det_s{s.seed}",
+        },
+    }
+    return {b: every[b] for b in s.budgets}
 
 
 def skip_benchmark(s: Settings) -> list[str]:
@@ -177,6 +210,12 @@ def recipe(s: Settings) -> list[str]:
 
 def screen(s: Settings) -> list[str]:
     return [f"screen_{name}" for name in SCREEN]
+
+
+def sota(s: Settings) -> list[str]:
+    """msseg's arms at both budgets (the peers' evaluations are the plan's: they need
+    msseg's training times first)."""
+    return [arm for b in sota_budgets(s).values() for arm in (b["diff"], b["det"])]
 
 
 def skips(s: Settings) -> list[str]:

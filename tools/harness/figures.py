@@ -182,3 +182,37 @@ def skips(axes, res: dict) -> None:
     axes[1].set_ylabel("design's leaf Dice x 100")
     axes[1].set_title("Case by case against the plain U-Net")
     axes[1].legend(fontsize=8)
+
+
+def sota(axes, res: dict) -> None:
+    """Leaf Dice against training wall-clock, every model's curve (msseg: one point per
+    budget, each a run of its own; peers: the snapshots of one constant-rate run), and leaf
+    Dice against seconds per case at each budget's equal wall-clock."""
+    for name, points in res["curves"].items():
+        if points:
+            axes[0].plot(
+                [p["train_s"] for p in points],
+                [100 * p["dice_leaves"] for p in points],
+                "o-",
+                ms=4,
+                label=name,
+            )
+    for r in res["budgets"].values():
+        axes[0].axvline(r["clock_s"], color="k", lw=0.6, ls=":")
+    axes[0].set_xlabel("training wall-clock (s, this machine)")
+    axes[0].set_ylabel("Dice x 100 (leaves)")
+    axes[0].set_title("Dice vs training time (dotted: msseg's budgets)")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    for b, r in res["budgets"].items():
+        arms = {**r["msseg"], **{p: v for p, v in r["equal_time"].items() if v is not None}}
+        for name, v in arms.items():
+            axes[1].scatter(v["median_seconds_per_case"], 100 * v["dice_leaves"], s=20)
+            axes[1].annotate(
+                f"{name} ({b})", (v["median_seconds_per_case"], 100 * v["dice_leaves"]), fontsize=6
+            )
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("seconds per case (median)")
+    axes[1].set_ylabel("Dice x 100 (leaves)")
+    axes[1].set_title("Equal wall-clock: accuracy vs inference cost")
+    axes[1].grid(alpha=0.3)

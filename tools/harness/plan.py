@@ -47,6 +47,12 @@ class Settings:
     seed: int = 0  # training seed of every arm (config.seed)
     readme: Path | None = None  # README whose results block is replaced
     python: str = sys.executable
+    # the sota experiment: its budgets (some of design.SOTA_BUDGETS, in that order), the peer
+    # environment's python (peers/setup.sh; None: <repo>/.peers-venv/bin/python), and how far
+    # past msseg's training time a peer may train to reach msseg's steps
+    budgets: tuple[str, ...] = ("main", "suite")
+    peer_python: str | None = None
+    peer_cap: float = 1.25
 
     def __post_init__(self):
         bad = set(self.experiments) - set(EXPERIMENTS)
@@ -54,6 +60,10 @@ class Settings:
             raise ValueError(
                 f"experiments must be some of {tuple(EXPERIMENTS)}, got {self.experiments}"
             )
+        if not self.budgets or [b for b in design.SOTA_BUDGETS if b in self.budgets] != list(
+            self.budgets
+        ):
+            raise ValueError(f"budgets must be some of {design.SOTA_BUDGETS} in that order")
         if 10 not in self.ddim_sweep or 1 not in self.ensemble_sweep:
             raise ValueError("the sweeps must include DDIM-10 and an ensemble of 1 (the reference)")
 
@@ -88,6 +98,14 @@ class Settings:
         """The depths of the config's model (the outputs a depth-weight tuple covers)."""
         config = runpy.run_path(str(ROOT / self.config))["get_config"]()
         return len(config.model.channels)
+
+    @property
+    def main_steps(self) -> int:
+        """The main job's training steps: the config's own (2 with --quick)."""
+        if self.quick:
+            return 2
+        config = runpy.run_path(str(ROOT / self.config))["get_config"]()
+        return int(config.train.steps)
 
     @property
     def train_steps(self) -> int:
@@ -240,16 +258,141 @@ def evaluate(s: Settings, job: EvalJob) -> None:
     _run(s, eval_command(s, job), f"eval_{job.name}")
 
 
+# ------------------------------------------------------------------ the sota experiment's peers
+
+
+def peer_python(s: Settings) -> str:
+    python = s.peer_python or str(ROOT / ".peers-venv" / "bin" / "python")
+    if not Path(python).exists():
+        raise RuntimeError(f"no peer environment at {python}: make it with bash peers/setup.sh")
+    return python
+
+
+def train_seconds(s: Settings, arm: str) -> float:
+    """An msseg arm's training time: the loop's wall clock at its last logged step
+    (metrics.jsonl `wall_s`: compile and checkpoints included, the final validation and the
+    export not), summed over the runs a resumed training took."""
+    total, last = 0.0, 0.0
+    for line in (s.out / arm / "metrics.jsonl").read_text().splitlines():
+        wall = json.loads(line).get("wall_s")
+        if wall is None:
+            continue
+        if wall < last:  # a resumed run's clock starts again
+            total += last
+        last = wall
+    return round(total + last, 2)
+
+
+def peer_budgets(s: Settings, budget: str) -> tuple[dict[str, float], dict[str, int], float]:
+    """The snapshots a peer's training takes up to `budget` (msseg's training times, msseg's
+    steps, and in the first budget the curve's fractions of its time) and its cap: `peer_cap`
+    x msseg's training time, so a slow peer may miss msseg's steps."""
+    budgets = design.sota_budgets(s)
+    upto = list(budgets)[: list(budgets).index(budget) + 1]
+    clock = {b: train_seconds(s, budgets[b]["diff"]) for b in upto}
+    times = {f"time_{b}": clock[b] for b in upto}
+    first = upto[0]
+    times.update({f"curve_{f:g}": round(f * clock[first], 2) for f in design.CURVE_FRACTIONS})
+    steps = {f"steps_{b}": budgets[b]["steps"] for b in upto}
+    return times, steps, round(s.peer_cap * clock[budget], 2)
+
+
+def _pairs(values: dict) -> str:
+    return ",".join(f"{k}:{v}" for k, v in values.items())
+
+
+def peer_train_command(s: Settings, peer: str, budget: str) -> list[str]:
+    config = runpy.run_path(str(ROOT / s.config))["get_config"]()
+    times, steps, cap = peer_budgets(s, budget)
+    return [
+        peer_python(s),
+        "peers/peer.py",
+        "train",
+        f"--model={peer}",
+        f"--cache={s.out / 'cache'}",
+        f"--workdir={s.out / f'peer_{peer}'}",
+        "--patch",
+        *(str(n) for n in config.data.pipeline.patch_size),
+        f"--batch={config.data.pipeline.batch_size}",
+        f"--seed={s.seed}",
+        f"--time_s={_pairs(times)}",
+        f"--steps={_pairs(steps)}",
+        f"--max_s={cap}",
+    ]
+
+
+def peer_snapshots(s: Settings, peer: str) -> dict[str, dict]:
+    """The snapshots a peer's training has taken: {name: {step, train_s}}."""
+    path = s.out / f"peer_{peer}" / "snapshots.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def peer_predict_command(s: Settings, peer: str, snapshot: str) -> list[str]:
+    config = runpy.run_path(str(ROOT / s.config))["get_config"]()
+    work = s.out / f"peer_{peer}"
+    cmd = [
+        peer_python(s),
+        "peers/peer.py",
+        "predict",
+        f"--workdir={work}",
+        f"--snapshot={snapshot}",
+        f"--cache={s.out / 'cache'}",
+        "--split=test",
+        f"--output={work / 'pred' / snapshot}",
+        "--batch=2",
+        f"--sampler_steps={config.sampler.steps}",
+        "--seed=0",
+    ]
+    return cmd + ([f"--max_cases={s.cases}"] if s.cases else [])
+
+
+def peer_eval_command(s: Settings, peer: str, snapshot: str) -> list[str]:
+    cmd = [
+        s.python,
+        "tools/evaluate.py",
+        f"--probs={s.out / f'peer_{peer}' / 'pred' / snapshot}",
+        f"--data={s.data}",
+        "--split=test",
+        f"--output={s.out / 'eval' / f'peer_{peer}_{snapshot}'}",
+        "--worst=0",
+    ]
+    return cmd + ([f"--max_cases={s.cases}"] if s.cases else [])
+
+
+def run_peers(s: Settings, budget: str) -> None:
+    """Trains each peer on to `budget` (resuming its earlier budgets' run), then predicts and
+    scores every snapshot it has taken."""
+    for peer in design.PEERS:
+        times, steps, cap = peer_budgets(s, budget)
+        taken = peer_snapshots(s, peer)
+        progress = s.out / f"peer_{peer}" / "progress.json"
+        stopped = json.loads(progress.read_text())["train_s"] if progress.exists() else 0.0
+        if all(n in taken for n in (*times, *steps)) or stopped >= cap:
+            logging.info("suite: peer %s is trained to budget %s", peer, budget)
+        else:
+            _run(s, peer_train_command(s, peer, budget), f"peer_train_{peer}_{budget}")
+        for snapshot in peer_snapshots(s, peer):
+            if not (s.out / f"peer_{peer}" / "pred" / snapshot / "probabilities.json").exists():
+                _run(s, peer_predict_command(s, peer, snapshot), f"peer_predict_{peer}_{snapshot}")
+            if not (s.out / "eval" / f"peer_{peer}_{snapshot}" / "summary.json").exists():
+                _run(s, peer_eval_command(s, peer, snapshot), f"eval_peer_{peer}_{snapshot}")
+
+
 def run_suite(s: Settings) -> list[EvalJob]:
     """Trains the arms the chosen experiments need and runs their evaluations; returns the
     evaluations (results.write_all writes the results from their reports)."""
     files.make_output_dir(s.out)  # InputError (a ValueError) naming it before any work
     jobs = eval_jobs(s)
+    if "sota" in s.experiments:
+        peer_python(s)  # before any work: the peers need their environment
     for arm in arms(s):
         train_arm(s, arm)
         for job in jobs:  # each arm's evaluations as soon as it is trained
             if job.arm == arm:
                 evaluate(s, job)
+    if "sota" in s.experiments:  # after msseg's arms: their training times are the clock
+        for budget in s.budgets:
+            run_peers(s, budget)
     for name in benchmarks(s):  # timed alone, after the trainings
         run_benchmark(s, name)
     return jobs

@@ -28,6 +28,9 @@ class Experiment:
     # tools/benchmark.py flags of a timing run it reads (bench/<name>.json), run after the
     # trainings and evaluations; None: none
     benchmark: Callable[[Settings], list[str]] | None = None
+    # its steps beyond msseg's trainings and evaluations (the sota experiment's peers), for
+    # its README; None: none
+    steps: Callable[[Settings], list[list[str]]] | None = None
 
     @property
     def default(self) -> bool:
@@ -129,5 +132,44 @@ EXPERIMENTS = _by_name(
         opt_in="the plain U-Net against UNet 3+ and UNet++ as diffusion denoisers",
         benchmark=design.skip_benchmark,
     ),
+    Experiment(
+        name="sota",  # about 2.5 CPU hours on 2 cores (its budgets can be run one at a time)
+        folder="sota",
+        question="Against established implementations on the same data and the same clock: "
+        "nnU-Net's network (MONAI DynUNet with nnU-Net's plan), a diffusion segmenter from "
+        "MONAI's generative components and MONAI's plain UNet, trained on msseg's cache for "
+        "msseg's training time (the main job's and the suite's) and for msseg's steps: where "
+        "does msseg's default diffusion model stand (leaf, tissue and brain Dice, HD95, ECE, "
+        "seconds per case, case by case)?",
+        evaluations=design.sota,
+        summarise=summaries.sota,
+        table=tables.sota,
+        draw=figures.sota,
+        opt_in="msseg against nnU-Net's DynUNet, a MONAI diffusion segmenter and MONAI's UNet, "
+        "at msseg's training times and steps (needs peers/setup.sh)",
+        steps=lambda s: _peer_steps(s),
+    ),
 )
+
+
+def _peer_steps(s: Settings) -> list[list[str]]:
+    """The peers' commands (their environment, peers/peer.py) and their evaluations, as the
+    run made them (each peer's training once per budget, resumed)."""
+    from harness import plan  # the plan imports this module
+
+    cmds = []
+    for peer in design.PEERS:
+        for budget in s.budgets:
+            try:
+                cmds.append(plan.peer_train_command(s, peer, budget))
+            except (OSError, RuntimeError):  # msseg's arm of that budget is not trained yet
+                continue
+        for snapshot in plan.peer_snapshots(s, peer):
+            cmds += [
+                plan.peer_predict_command(s, peer, snapshot),
+                plan.peer_eval_command(s, peer, snapshot),
+            ]
+    return cmds
+
+
 DEFAULT_EXPERIMENTS = tuple(name for name, e in EXPERIMENTS.items() if e.default)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from absl import logging
 
-from harness import figures
+from harness import design, figures
 from harness.design import EvalJob
 from harness.paths import ROOT, repo_relative, shown
 from harness.plan import Settings, benchmark_command, eval_command, train_commands
@@ -77,6 +77,8 @@ def suite_command(s: Settings) -> str:
     ):
         if value:
             cmd.append(f"--{flag}={','.join(map(str, value))}")
+    if "sota" in s.experiments and tuple(s.budgets) != design.SOTA_BUDGETS:
+        cmd.append(f"--budgets={','.join(s.budgets)}")
     if tuple(s.experiments) != DEFAULT_EXPERIMENTS:
         cmd.append(f"--experiments={','.join(s.experiments)}")
     return shlex.join(cmd)
@@ -127,6 +129,8 @@ def _readme(
     cmds += [shown(eval_command(s, j)) for j in runs]
     if exp.benchmark is not None:
         cmds.append(shown(benchmark_command(s, exp.name)))
+    if exp.steps is not None:
+        cmds += [shown(c) for c in exp.steps(s)]
     parts = [
         f"# {_title(exp)}",
         "",
@@ -165,10 +169,24 @@ def _readme(
     return text
 
 
+def own_markers(name: str) -> tuple[str, str]:
+    """The README markers of experiment `name`'s own block (its table alone, e.g. at the top
+    of the results), instead of the shared suite block."""
+    return f"<!-- suite:{name}:begin -->", f"<!-- suite:{name}:end -->"
+
+
+def _replace_block(path: Path, text: str, begin: str, end: str, block: str) -> str:
+    if begin not in text or end not in text:
+        raise ValueError(f"{path}: no {begin} ... {end} block to put the results in")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
+
+
 def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
     """Writes every chosen experiment's folder, the suite folder and the README block."""
     mach = machine()
-    written, sections = [], []
+    written = []
     for name in s.experiments:
         exp = EXPERIMENTS[name]
         res = exp.summarise(s)
@@ -189,7 +207,10 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
         written.append(folder / "results.json")
         logging.info("suite: wrote %s", folder)
     # the tables of every experiment with results (also those of an earlier, partial run),
-    # read back from their results.json
+    # read back from their results.json; an experiment with its own block in the README
+    # (`own_markers`) goes there, the others to the shared block
+    readme = s.readme.read_text() if s.readme is not None else None
+    shared, own = [], {}
     for exp in EXPERIMENTS.values():
         folder = s.results / f"{s.date}_{exp.folder}"
         if not (folder / "results.json").exists():
@@ -197,8 +218,13 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
         res = json.loads((folder / "results.json").read_text())
         rel = os.path.relpath(folder, s.readme.parent) if s.readme else str(folder)
         link = f"[{rel}/results.json]({rel}/results.json)"
-        sections.append(f"**{_title(exp)}** ({link})\n\n{exp.table(res)}")
-    block = "\n\n".join(sections)
+        section = f"**{_title(exp)}** ({link})\n\n{exp.table(res)}"
+        begin, _ = own_markers(exp.name)
+        if readme is not None and begin in readme:
+            own[exp.name] = section
+        else:
+            shared.append((exp.name, section))
+    block = "\n\n".join([sec for _, sec in shared] + list(own.values()))
     suite = s.results / f"{s.date}_suite"
     suite.mkdir(parents=True, exist_ok=True)
     files.write_text(suite / "table.md", block + "\n")
@@ -216,11 +242,13 @@ def write_all(s: Settings, jobs: list[EvalJob]) -> list[Path]:
         )
         + "\n",
     )
-    if s.readme is not None:
-        text = s.readme.read_text()
-        if BEGIN not in text or END not in text:
-            raise ValueError(f"{s.readme}: no {BEGIN} ... {END} block to put the results in")
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        files.write_text(s.readme, f"{head}{BEGIN}\n{block}\n{END}{tail}")
+    if readme is not None:
+        for name, section in own.items():
+            readme = _replace_block(s.readme, readme, *own_markers(name), section)
+        # the shared block only when this run wrote one of its experiments
+        if any(name in s.experiments for name, _ in shared):
+            readme = _replace_block(
+                s.readme, readme, BEGIN, END, "\n\n".join(sec for _, sec in shared)
+            )
+        files.write_text(s.readme, readme)
     return written

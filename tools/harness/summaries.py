@@ -281,3 +281,68 @@ def skips(s: Settings) -> dict:
         "dice_leaves_paired_vs_unet": {d: paired(arms[d], arms["unet"]) for d in SKIP_DESIGNS},
         "training": {d: training(s, job) for d, job in jobs.items()},
     }
+
+
+def _peer(s: Settings, peer: str, snapshot: str, taken: dict) -> dict | None:
+    """A peer's snapshot: its evaluation's figures, training steps and seconds, and what made
+    its probabilities (producer: model, versions); None if it was not taken or scored."""
+    path = s.out / "eval" / f"peer_{peer}_{snapshot}" / "summary.json"
+    if snapshot not in taken or not path.exists():
+        return None
+    r = extract(s, f"peer_{peer}_{snapshot}")
+    r["training"] = {"steps": taken[snapshot]["step"], "train_s": taken[snapshot]["train_s"]}
+    r["producer"] = _load(s, f"peer_{peer}_{snapshot}").get("producer", {})
+    return r
+
+
+def sota(s: Settings) -> dict:
+    from harness import plan  # the plan imports this module (through the registry)
+
+    budgets, curves = {}, {}
+    for b, spec in design.sota_budgets(s).items():
+        clock = plan.train_seconds(s, spec["diff"])
+        msseg = {}
+        for kind in ("diff", "det"):
+            r = extract(s, spec[kind])
+            r["training"] = {"steps": spec["steps"], "train_s": plan.train_seconds(s, spec[kind])}
+            msseg["msseg_diffusion" if kind == "diff" else "msseg_deterministic"] = r
+        equal = {"time": {}, "steps": {}}
+        for peer in design.PEERS:
+            taken = plan.peer_snapshots(s, peer)
+            for kind in equal:
+                equal[kind][peer] = _peer(s, peer, f"{kind}_{b}", taken)
+        default = msseg["msseg_diffusion"]
+        budgets[b] = {
+            "steps": spec["steps"],
+            "clock_s": clock,  # msseg's diffusion model's training time: the peers' budget
+            "msseg": msseg,
+            "equal_time": equal["time"],
+            "equal_steps": equal["steps"],
+            # msseg's default (diffusion) model minus each peer, case by case
+            "paired_vs_equal_time": {
+                p: paired(default, r) for p, r in equal["time"].items() if r is not None
+            },
+            "paired_vs_equal_steps": {
+                p: paired(default, r) for p, r in equal["steps"].items() if r is not None
+            },
+        }
+        for name, r in msseg.items():
+            curves.setdefault(name, []).append(
+                {"train_s": r["training"]["train_s"], "dice_leaves": r["dice_leaves"], "budget": b}
+            )
+    for peer in design.PEERS:
+        taken = plan.peer_snapshots(s, peer)
+        points = [(n, _peer(s, peer, n, taken)) for n in taken]
+        curves[peer] = sorted(
+            (
+                {
+                    "train_s": r["training"]["train_s"],
+                    "dice_leaves": r["dice_leaves"],
+                    "snapshot": n,
+                }
+                for n, r in points
+                if r is not None
+            ),
+            key=lambda p: p["train_s"],
+        )
+    return {"budgets": budgets, "curves": curves, "peer_cap": s.peer_cap, "peers": design.PEERS}

@@ -205,3 +205,68 @@ def skips(res: dict) -> str:
             f"{_ratio(k['s_per_train_step'])} per train step."
         )
     return "\n".join(lines)
+
+
+SOTA_NAMES = {
+    "msseg_diffusion": "msseg diffusion (default)",
+    "msseg_deterministic": "msseg U-Net, deterministic",
+    "dynunet": "nnU-Net's DynUNet (MONAI)",
+    "monai_diffusion": "MONAI DiffusionModelUNet + DDIM",
+    "monai_unet": "MONAI UNet",
+}
+
+
+def sota(res: dict) -> str:
+    """Per budget: msseg's two models and every peer at equal wall-clock and at equal steps,
+    with msseg's default diffusion model minus each, case by case."""
+    lines = [
+        "| budget | model | trained to | steps | train s | Dice brain | Dice tissue | Dice leaves "
+        "| HD95 leaves (mm) | ECE | s / case (median) | msseg diffusion minus it, case by case |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(budget: str, name: str, trained_to: str, r: dict | None, p: dict | None) -> None:
+        if r is None:
+            cells = [budget, SOTA_NAMES[name], trained_to, "not reached", *["—"] * 8]
+        else:
+            levels = sorted(r["dice"], key=int)
+            vs = "—"
+            if p is not None:
+                spread = f" ± {_pct(p['sd'])}" if p["sd"] is not None else ""
+                vs = f"{_pct(p['mean'])}{spread} ({p['wins']}/{p['n']} ahead)"
+            cells = [
+                budget,
+                SOTA_NAMES[name],
+                trained_to,
+                str(r["training"]["steps"]),
+                _num(r["training"]["train_s"], 0),
+                _pct(r["dice"][levels[0]]),
+                _pct(r["dice"][levels[1]]) if len(levels) > 2 else "n/a",
+                _pct(r["dice_leaves"]),
+                _num(r["hd95_leaves"], 2),
+                _num(r["ece"]),
+                _num(r["median_seconds_per_case"], 1),
+                vs,
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    for b, res_b in res["budgets"].items():
+        label = f"{b} ({res_b['steps']} steps, {res_b['clock_s']:.0f} s)"
+        for name, r in res_b["msseg"].items():
+            row(label, name, "its budget", r, None)
+        for peer in res["peers"]:
+            row(
+                label,
+                peer,
+                "equal time",
+                res_b["equal_time"][peer],
+                res_b["paired_vs_equal_time"].get(peer),
+            )
+            row(
+                label,
+                peer,
+                "equal steps",
+                res_b["equal_steps"][peer],
+                res_b["paired_vs_equal_steps"].get(peer),
+            )
+    return "\n".join(lines)
