@@ -77,7 +77,8 @@ class Cache:
         self.config = self.manifest["config"]
 
     def cases(self, split: str) -> list[str]:
-        names = sorted(n for n, c in self.manifest["cases"].items() if c["split"] == split)
+        # the manifest's order: the dataset's, which evaluate.py's --max_cases follows
+        names = [n for n, c in self.manifest["cases"].items() if c["split"] == split]
         if not names:
             raise SystemExit(f"peer: {self.root}: no cases in split {split!r}")
         return names
@@ -167,14 +168,15 @@ def build(name: str, num_classes: int, patch: tuple[int, ...]) -> torch.nn.Modul
         from monai.networks.nets import DynUNet
 
         plan = nnunet_plan(patch)
+        supervised = min(2, len(plan["strides"]) - 2)  # none for a 2-stage network
         return DynUNet(
             3,
             1,
             num_classes,
             **plan,
             norm_name=("INSTANCE", {"affine": True}),
-            deep_supervision=True,
-            deep_supr_num=min(2, len(plan["strides"]) - 2),
+            deep_supervision=supervised > 0,
+            deep_supr_num=max(supervised, 1),
         )
     if name == "monai_unet":
         from monai.networks.nets import UNet
@@ -227,7 +229,8 @@ class Loss:
 
     def __call__(self, model, image, label, generator) -> torch.Tensor:
         if self.name == "dynunet":  # [B, 1 + supervised, K, ...], the coarser ones upsampled
-            outputs = model(image).unbind(1)
+            out = model(image)
+            outputs = out.unbind(1) if out.ndim == 6 else (out,)
             weights = torch.tensor([0.5**i for i in range(len(outputs))])
             weights = weights / weights.sum()
             return sum(w * self.dice_ce(o, label) for w, o in zip(weights, outputs, strict=True))
@@ -304,6 +307,13 @@ def train(args) -> None:
         gen.set_state(state["gen"])
         step, elapsed = state["step"], state["elapsed"]
         print(f"peer: resumed {work} at step {step} ({elapsed:.0f} s)", flush=True)
+    late = [n for n, v in times.items() if n not in record and elapsed > v]
+    late += [n for n, v in steps.items() if n not in record and step > v]
+    if late:  # budgets run out of order: such a snapshot would carry the wrong label
+        raise SystemExit(
+            f"peer: {work} is at step {step} ({elapsed:.0f} s), past snapshot(s) "
+            f"{', '.join(late)}: run the budgets in order"
+        )
     data = cache.training_set()
     params = sum(p.numel() for p in model.parameters())
     print(f"peer: {args.model}, {params} parameters, {len(data)} training cases", flush=True)
@@ -379,6 +389,10 @@ def predictor(name: str, model, num_classes: int, steps: int, generator):
 
     scheduler = DDIMScheduler(NUM_TIMESTEPS, prediction_type="sample")
     scheduler.set_timesteps(steps)
+    # MONAI 1.6.1's set_timesteps spaces the steps by linspace(999, 0, n) while step() goes
+    # back by 1000 // n: the network would be told another noise level than x carries.
+    # Evenly spaced steps (800, 600, ..., 0 for 5) agree with step().
+    scheduler.timesteps = torch.arange(steps - 1, -1, -1) * (NUM_TIMESTEPS // steps)
 
     def chain(image):
         x = torch.randn((image.shape[0], num_classes, *image.shape[2:]), generator=generator)

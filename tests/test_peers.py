@@ -84,10 +84,12 @@ def test_probabilities_of_the_wrong_grid_or_protocol_name_the_file(tmp_path, tin
         evaluate.evaluate_probabilities(tmp_path / "other", data, "test", tmp_path / "r2")
 
 
-def _metrics(workdir: Path, walls: list[float]) -> None:
+def _metrics(workdir: Path, rows: list[tuple[int, float]]) -> None:
+    """metrics.jsonl of (step, wall_s) training rows, then the final validation's row."""
     workdir.mkdir(parents=True)
-    rows = [{"step": 20 * (i + 1), "wall_s": w} for i, w in enumerate(walls)]
-    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [{"step": step, "wall_s": wall, "loss": 1.0} for step, wall in rows]
+    lines.append({"step": rows[-1][0], "wall_s": rows[-1][1] + 40.0, "val_dice": 0.8})
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
 
 def test_the_peers_train_to_msseg_clock_and_steps_budget_after_budget(tmp_path):
@@ -109,10 +111,13 @@ def test_the_peers_train_to_msseg_clock_and_steps_budget_after_budget(tmp_path):
     assert list(plan.arms(main_only)) == ["sota_diff_main", "sota_det_main"]
     with pytest.raises(ValueError, match="budgets"):
         dataclasses.replace(s, budgets=("suite", "main"))
-    # the clock: the loop's wall time, summed over a resumed run's two clocks
-    _metrics(tmp_path / "sota_diff_main", [10.0, 300.0, 5.0, 240.0])
-    _metrics(tmp_path / "recipe_diff_s0", [12.0, 1000.0])
+    # the clock: the loop's wall time at the last training row (not the validation's),
+    # summed over a resumed run's clocks; a run is seen to restart where its step goes back,
+    # even when its clock (compile included) does not
+    _metrics(tmp_path / "sota_diff_main", [(20, 10.0), (500, 200.0), (500, 210.0), (1400, 340.0)])
+    _metrics(tmp_path / "recipe_diff_s0", [(20, 12.0), (3000, 1000.0)])
     assert plan.train_seconds(s, "sota_diff_main") == 540.0
+    assert plan.train_seconds(s, "recipe_diff_s0") == 1000.0
     times, steps, cap = plan.peer_budgets(s, "main")
     curve = {f"curve_{f:g}": round(f * 540.0, 2) for f in CURVE_FRACTIONS}
     assert times == {"time_main": 540.0, **curve} and steps == {"steps_main": 1400}

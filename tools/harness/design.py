@@ -52,7 +52,7 @@ PEERS = ("dynunet", "monai_diffusion", "monai_unet")
 # the sota experiment's budgets, in the order they are run
 SOTA_BUDGETS = ("main", "suite")
 # the peers' snapshots for the Dice-vs-wall-clock curve: fractions of the first budget's time
-CURVE_FRACTIONS = (0.25, 0.5)
+CURVE_FRACTIONS = (0.5,)
 DETERMINISTIC = ["--config.model.diffusion=False", "--config.train.val_mode=deterministic"]
 SCREEN = {
     "det": DETERMINISTIC,

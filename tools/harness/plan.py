@@ -269,18 +269,19 @@ def peer_python(s: Settings) -> str:
 
 
 def train_seconds(s: Settings, arm: str) -> float:
-    """An msseg arm's training time: the loop's wall clock at its last logged step
-    (metrics.jsonl `wall_s`: compile and checkpoints included, the final validation and the
-    export not), summed over the runs a resumed training took."""
-    total, last = 0.0, 0.0
+    """An msseg arm's training time: the loop's wall clock (metrics.jsonl `wall_s`, compile
+    and checkpoints included) at its last training row, not the final validation's row;
+    summed over the runs a resumed training took (a run starts where the step or the clock
+    goes back)."""
+    total, last_wall, last_step = 0.0, 0.0, -1
     for line in (s.out / arm / "metrics.jsonl").read_text().splitlines():
-        wall = json.loads(line).get("wall_s")
-        if wall is None:
+        row = json.loads(line)
+        if "loss" not in row or "wall_s" not in row:  # validation rows
             continue
-        if wall < last:  # a resumed run's clock starts again
-            total += last
-        last = wall
-    return round(total + last, 2)
+        if row["wall_s"] < last_wall or row["step"] <= last_step:  # a resumed run
+            total += last_wall
+        last_wall, last_step = row["wall_s"], row["step"]
+    return round(total + last_wall, 2)
 
 
 def peer_budgets(s: Settings, budget: str) -> tuple[dict[str, float], dict[str, int], float]:
