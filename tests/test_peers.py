@@ -112,9 +112,11 @@ def test_the_peers_train_to_msseg_clock_and_steps_budget_after_budget(tmp_path):
     with pytest.raises(ValueError, match="budgets"):
         dataclasses.replace(s, budgets=("suite", "main"))
     # the clock: the loop's wall time at the last training row (not the validation's),
-    # summed over a resumed run's clocks; a run is seen to restart where its step goes back,
-    # even when its clock (compile included) does not
-    _metrics(tmp_path / "sota_diff_main", [(20, 10.0), (500, 200.0), (500, 210.0), (1400, 340.0)])
+    # summed over a resumed run's clocks. The first run was stopped at step 300, after its
+    # checkpoint at 250: its steps from 260 on are done again by the second run and counted
+    # once. The restart shows where the step goes back, even if the clock does not.
+    first = [(20, 10.0), (240, 92.0), (260, 100.0), (300, 120.0)]
+    _metrics(tmp_path / "sota_diff_main", [*first, (260, 130.0), (1400, 448.0)])
     _metrics(tmp_path / "recipe_diff_s0", [(20, 12.0), (3000, 1000.0)])
     assert plan.train_seconds(s, "sota_diff_main") == 540.0
     assert plan.train_seconds(s, "recipe_diff_s0") == 1000.0

@@ -271,17 +271,21 @@ def peer_python(s: Settings) -> str:
 def train_seconds(s: Settings, arm: str) -> float:
     """An msseg arm's training time: the loop's wall clock (metrics.jsonl `wall_s`, compile
     and checkpoints included) at its last training row, not the final validation's row;
-    summed over the runs a resumed training took (a run starts where the step or the clock
-    goes back)."""
-    total, last_wall, last_step = 0.0, 0.0, -1
+    summed over the runs a resumed training took. A run starts where the step or the clock
+    goes back; the run before it counts up to its last row before the step the new one
+    logged first (the steps it did after its last checkpoint are done again, and counted
+    once)."""
+    total, run = 0.0, []  # run: (step, wall_s) rows of the current run
     for line in (s.out / arm / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "loss" not in row or "wall_s" not in row:  # validation rows
             continue
-        if row["wall_s"] < last_wall or row["step"] <= last_step:  # a resumed run
-            total += last_wall
-        last_wall, last_step = row["wall_s"], row["step"]
-    return round(total + last_wall, 2)
+        step, wall = row["step"], row["wall_s"]
+        if run and (wall < run[-1][1] or step <= run[-1][0]):  # a resumed run
+            total += max((w for st, w in run if st < step), default=0.0)
+            run = []
+        run.append((step, wall))
+    return round(total + (run[-1][1] if run else 0.0), 2)
 
 
 def peer_budgets(s: Settings, budget: str) -> tuple[dict[str, float], dict[str, int], float]:
