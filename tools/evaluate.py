@@ -126,7 +126,6 @@ def _make_output_dir() -> None:
 
 def _model_mode():
     from msseg.errors import InputError
-    from msseg.evaluation import report
     from msseg.inference import evaluate, predict
 
     try:
@@ -158,6 +157,12 @@ def _model_mode():
         )
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"evaluate.py: {e}")
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    from msseg.evaluation import report
+
     if result is None:  # another process writes the report
         print(
             f"evaluate.py: this process's cases are scored; the first process writes {FLAGS.output}"
@@ -170,7 +175,6 @@ def _model_mode():
 
 def _probs_mode():
     from msseg.errors import InputError
-    from msseg.evaluation import report
     from msseg.inference import evaluate
 
     try:
@@ -186,11 +190,7 @@ def _probs_mode():
         )
     except (InputError, FileNotFoundError, ValueError) as e:
         sys.exit(f"evaluate.py: {e}")
-    if result is None:
-        return
-    print(report.format_dice_table(result.summary))
-    _print_calibration(result.summary["calibration"])
-    print(f"{result.summary['num_cases']} cases; report in {FLAGS.output}")
+    _print_result(result)
 
 
 def _fmt(x: float | None) -> str:

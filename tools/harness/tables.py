@@ -255,18 +255,7 @@ def sota(res: dict) -> str:
         for name, r in res_b["msseg"].items():
             row(label, name, "its budget", r, None)
         for peer in res["peers"]:
-            row(
-                label,
-                peer,
-                "equal time",
-                res_b["equal_time"][peer],
-                res_b["paired_vs_equal_time"].get(peer),
-            )
-            row(
-                label,
-                peer,
-                "equal steps",
-                res_b["equal_steps"][peer],
-                res_b["paired_vs_equal_steps"].get(peer),
-            )
+            for kind in ("time", "steps"):
+                r, p = res_b[f"equal_{kind}"][peer], res_b[f"paired_vs_equal_{kind}"].get(peer)
+                row(label, peer, f"equal {kind}", r, p)
     return "\n".join(lines)
