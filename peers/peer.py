@@ -460,7 +460,7 @@ def predict(args) -> None:
         os.replace(tmp, target)
         print(f"peer: {case}: {seconds:.1f} s, {sum(windows)} windows", flush=True)
     diffusion = name == "monai_diffusion"
-    info = {  # what tools/evaluate.py --probs reads (msseg.inference.evaluate.ProbabilityMaps)
+    info = {  # what tools/evaluate.py --probs reads (msseg.inference.probabilities.ProbabilityMaps)
         "preprocess": cache.config,
         "protocol": cache.manifest["protocol"]["name"],
         "network_evals_per_window": args.sampler_steps if diffusion else 1,

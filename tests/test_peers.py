@@ -45,12 +45,12 @@ def _write_probs(folder: Path, cache: Path, *, shape_of=None, protocol=None, noi
 def test_probabilities_are_scored_on_each_image_grid_like_msseg_segmentations(
     tmp_path, tiny_mni_cache
 ):
-    from msseg.inference import evaluate
+    from msseg.inference import probabilities
 
     cache = Path(tiny_mni_cache)
     data = json.loads((cache / "manifest.json").read_text())["root"]
     cases = _write_probs(tmp_path / "probs", cache, noise=0.3)
-    result = evaluate.evaluate_probabilities(tmp_path / "probs", data, "test", tmp_path / "r")
+    result = probabilities.evaluate_probabilities(tmp_path / "probs", data, "test", tmp_path / "r")
     s = result.summary
     assert s["num_cases"] == len(cases) and set(s["case_dice"]) == set(cases)
     # the reference labels, placed back on the image grid (the cache is on the source grid)
@@ -66,22 +66,22 @@ def test_probabilities_are_scored_on_each_image_grid_like_msseg_segmentations(
     assert calib["error_rate"] == 0.0
     assert calib["ece"] == pytest.approx(1 - (0.7 + 0.3 / k), abs=0.02)
     # the records are reused by a rerun with the same maps
-    again = evaluate.evaluate_probabilities(tmp_path / "probs", data, "test", tmp_path / "r")
+    again = probabilities.evaluate_probabilities(tmp_path / "probs", data, "test", tmp_path / "r")
     assert again.summary["case_dice"] == s["case_dice"]
 
 
 def test_probabilities_of_the_wrong_grid_or_protocol_name_the_file(tmp_path, tiny_mni_cache):
     from msseg.errors import InputError
-    from msseg.inference import evaluate
+    from msseg.inference import probabilities
 
     cache = Path(tiny_mni_cache)
     data = json.loads((cache / "manifest.json").read_text())["root"]
     cases = _write_probs(tmp_path / "cut", cache, shape_of=(5, 5, 5))
     with pytest.raises(InputError, match=rf"{cases[0]}\.npz.*shape \(5, 5, 5, 7\)"):
-        evaluate.evaluate_probabilities(tmp_path / "cut", data, "test", tmp_path / "r1")
+        probabilities.evaluate_probabilities(tmp_path / "cut", data, "test", tmp_path / "r1")
     _write_probs(tmp_path / "other", cache, protocol="aseg")
     with pytest.raises(InputError, match=r"probabilities\.json.*protocol 'aseg'"):
-        evaluate.evaluate_probabilities(tmp_path / "other", data, "test", tmp_path / "r2")
+        probabilities.evaluate_probabilities(tmp_path / "other", data, "test", tmp_path / "r2")
 
 
 def _metrics(workdir: Path, rows: list[tuple[int, float]]) -> None:

@@ -175,10 +175,10 @@ def _print_result(result) -> None:
 
 def _probs_mode():
     from msseg.errors import InputError
-    from msseg.inference import evaluate
+    from msseg.inference import probabilities
 
     try:
-        result = evaluate.evaluate_probabilities(
+        result = probabilities.evaluate_probabilities(
             FLAGS.probs,
             FLAGS.data,
             FLAGS.split,
