@@ -361,8 +361,10 @@ def train(args) -> None:
             t0 = time.perf_counter()
             for name in names:
                 record[name] = {"step": step, "train_s": round(elapsed, 2)}
-            save_state()
+            # the record first: a run stopped between the two resumes from the older state
+            # and goes past the snapshot again, instead of finding it passed and unrecorded
             atomic_json(record, record_path)
+            save_state()
             elapsed += time.perf_counter() - t0
             last_state = elapsed
             if names:

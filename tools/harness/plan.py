@@ -11,6 +11,7 @@ results.py's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import runpy
@@ -93,19 +94,20 @@ class Settings:
     def config(self) -> str:
         return "configs/tiny.py" if self.quick else "configs/quickstart.py"
 
+    @functools.cached_property
+    def loaded_config(self):
+        """The config file's ConfigDict (read once)."""
+        return runpy.run_path(str(ROOT / self.config))["get_config"]()
+
     @property
     def num_depths(self) -> int:
         """The depths of the config's model (the outputs a depth-weight tuple covers)."""
-        config = runpy.run_path(str(ROOT / self.config))["get_config"]()
-        return len(config.model.channels)
+        return len(self.loaded_config.model.channels)
 
     @property
     def main_steps(self) -> int:
         """The main job's training steps: the config's own (2 with --quick)."""
-        if self.quick:
-            return 2
-        config = runpy.run_path(str(ROOT / self.config))["get_config"]()
-        return int(config.train.steps)
+        return 2 if self.quick else int(self.loaded_config.train.steps)
 
     @property
     def train_steps(self) -> int:
@@ -307,7 +309,7 @@ def _pairs(values: dict) -> str:
 
 
 def peer_train_command(s: Settings, peer: str, budget: str) -> list[str]:
-    config = runpy.run_path(str(ROOT / s.config))["get_config"]()
+    config = s.loaded_config
     times, steps, cap = peer_budgets(s, budget)
     return [
         peer_python(s),
@@ -333,7 +335,7 @@ def peer_snapshots(s: Settings, peer: str) -> dict[str, dict]:
 
 
 def peer_predict_command(s: Settings, peer: str, snapshot: str) -> list[str]:
-    config = runpy.run_path(str(ROOT / s.config))["get_config"]()
+    config = s.loaded_config
     work = s.out / f"peer_{peer}"
     cmd = [
         peer_python(s),

@@ -42,6 +42,26 @@ def _by_name(*experiments: Experiment) -> dict[str, Experiment]:
     return {e.name: e for e in experiments}
 
 
+def _peer_steps(s: Settings) -> list[list[str]]:
+    """The peers' commands (their environment, peers/peer.py) and their evaluations, as the
+    run made them (each peer's training once per budget, resumed)."""
+    from harness import plan  # the plan imports this module
+
+    cmds = []
+    for peer in design.PEERS:
+        for budget in s.budgets:
+            try:
+                cmds.append(plan.peer_train_command(s, peer, budget))
+            except (OSError, RuntimeError):  # msseg's arm of that budget is not trained yet
+                continue
+        for snapshot in plan.peer_snapshots(s, peer):
+            cmds += [
+                plan.peer_predict_command(s, peer, snapshot),
+                plan.peer_eval_command(s, peer, snapshot),
+            ]
+    return cmds
+
+
 EXPERIMENTS = _by_name(
     Experiment(
         name="multiscale",
@@ -147,29 +167,7 @@ EXPERIMENTS = _by_name(
         draw=figures.sota,
         opt_in="msseg against nnU-Net's DynUNet, a MONAI diffusion segmenter and MONAI's UNet, "
         "at msseg's training times and steps (needs peers/setup.sh)",
-        steps=lambda s: _peer_steps(s),
+        steps=_peer_steps,
     ),
 )
-
-
-def _peer_steps(s: Settings) -> list[list[str]]:
-    """The peers' commands (their environment, peers/peer.py) and their evaluations, as the
-    run made them (each peer's training once per budget, resumed)."""
-    from harness import plan  # the plan imports this module
-
-    cmds = []
-    for peer in design.PEERS:
-        for budget in s.budgets:
-            try:
-                cmds.append(plan.peer_train_command(s, peer, budget))
-            except (OSError, RuntimeError):  # msseg's arm of that budget is not trained yet
-                continue
-        for snapshot in plan.peer_snapshots(s, peer):
-            cmds += [
-                plan.peer_predict_command(s, peer, snapshot),
-                plan.peer_eval_command(s, peer, snapshot),
-            ]
-    return cmds
-
-
 DEFAULT_EXPERIMENTS = tuple(name for name, e in EXPERIMENTS.items() if e.default)
