@@ -10,9 +10,10 @@ stamp="$VENV/.peers-install-stamp"
 state=$( (pwd; cat peers/requirements.txt) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$state" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  # torch is pinned exactly (peers/requirements.txt): pip takes that release from the package
-  # registry or a local wheel cache. A looser pin could pull a multi-GB CUDA build. Set
-  # PEER_PIP_ARGS (e.g. "--extra-index-url https://download.pytorch.org/whl/cpu") to add a source.
+  # torch is pinned exactly (peers/requirements.txt) and taken from where pip finds it: a local
+  # CPU wheel where the machine has one, else PyPI (on Linux x86_64 that is a multi-GB CUDA
+  # build). For the CPU build elsewhere set
+  # PEER_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu".
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q ${PEER_PIP_ARGS:-} -r peers/requirements.txt >&2
   echo "$state" > "$stamp"
