@@ -137,6 +137,7 @@ def _model_mode():
             FLAGS.batch,
             input_depth=FLAGS.input_depth,
             tta=FLAGS.tta,
+            postprocess=FLAGS.postprocess,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

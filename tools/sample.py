@@ -83,6 +83,7 @@ def main(argv):
             FLAGS.depth,
             level,
             tta=FLAGS.tta,
+            postprocess=FLAGS.postprocess,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

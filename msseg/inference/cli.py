@@ -11,7 +11,7 @@ from absl import flags
 
 from msseg.diffusion import sampler_config as sc
 from msseg.inference import model as model_lib
-from msseg.inference import predict
+from msseg.inference import postprocess, predict
 from msseg.inference import progress as progress_lib
 
 SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
@@ -20,7 +20,7 @@ SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
 def define_sampling_flags() -> None:
     """Defines --sampler, --steps, --ensemble, --eta, --fusion, --step_fusion (None: the
     model's default), --seed, --overlap, --batch, --devices, --space, --window, --tta,
-    --route and --progress."""
+    --postprocess, --route and --progress."""
     flags.DEFINE_enum("sampler", None, list(sc.SAMPLERS), "Sampler (default: the model's).")
     flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
     flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
@@ -61,6 +61,14 @@ def define_sampling_flags() -> None:
         list(predict.TTAS),
         "Test-time augmentation: flip also segments the left/right mirror image and averages "
         "its probabilities in (left and right labels swapped back); twice the windows.",
+    )
+    flags.DEFINE_enum(
+        "postprocess",
+        postprocess.Postprocess.NONE.value,
+        list(postprocess.POSTPROCESSES),
+        "What is done to the decided labels: largest keeps only the brain's largest "
+        "connected piece (every label > 0), dropping what a model labels in the face, neck "
+        "or skull base of a full-head scan.",
     )
     flags.DEFINE_enum(
         "route",

@@ -54,6 +54,7 @@ def _settings(model, data, split, opts, depth: int, first: bool, hd95_mode: str)
         "overlap": opts.overlap,
         "input_depth": opts.input_depth,
         "tta": str(opts.tta),
+        "postprocess": str(opts.postprocess),
         "depth": depth,
         "first_depth": first,  # records of the first depth hold the volumes row and preview
         "hd95_mode": hd95_mode,

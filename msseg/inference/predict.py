@@ -56,6 +56,7 @@ from msseg.diffusion import segment as seg
 from msseg.diffusion.sampler_config import STEP_SAMPLERS, choice
 from msseg.errors import InputError
 from msseg.inference import model as model_lib
+from msseg.inference import postprocess as post
 from msseg.inference import window
 from msseg.labels import LevelTables, Protocol
 
@@ -103,9 +104,15 @@ class Options:
     # of 2^(depths-1) x `space`); None = the model's training patch; "whole" = the whole
     # padded volume in one window (one compile per volume shape)
     window: tuple[int, int, int] | str | None = None
+    # what is done to the decided labels on the input's grid (postprocess.py): "largest"
+    # keeps the brain's largest connected piece only
+    postprocess: post.Postprocess = post.Postprocess.NONE
 
     def __post_init__(self):
         object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
+        object.__setattr__(
+            self, "postprocess", choice(post.Postprocess, self.postprocess, "postprocess")
+        )
         if not isinstance(self.devices, int) or isinstance(self.devices, bool) or self.devices < 0:
             raise ValueError(f"devices must be an integer >= 0, got {self.devices!r}")
         if not isinstance(self.space, int) or isinstance(self.space, bool) or self.space < 1:
@@ -491,6 +498,7 @@ class Segmenter:
         prepared, _ = prepare_image(source, cfg)
         probs, entropy, var, n = self.segment_image(prepared.image, key, progress=progress)
         labels, ent, conf = to_native(probs, entropy, prepared, volume, self.tree)
+        labels = post.apply(labels, self.opts.postprocess)
         if var is not None:
             var = np.maximum(native_map(var, prepared, volume), 0.0)
         name = names.stem(volume.path)
