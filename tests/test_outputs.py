@@ -256,22 +256,32 @@ def test_largest_component_keeps_the_brains_largest_piece_with_its_labels():
     np.testing.assert_array_equal(postprocess.apply(labels, "none"), labels)
 
 
-def test_postprocess_largest_leaves_one_piece_of_what_none_labels(model, tmp_path):
-    """Through the Segmenter: `postprocess=largest` returns the labels of `none` on their
-    largest face-connected foreground piece and background elsewhere. The random model's
-    background logit is raised so that its foreground breaks into many pieces."""
-    from scipy import ndimage
+def _fragmented(model: model_lib.LoadedModel) -> model_lib.LoadedModel:
+    """`model` with its background logit raised, so that its foreground (on `_noise_scan`)
+    breaks into many pieces."""
 
     def raise_background(path, a):
         head_bias = a.shape == (model.num_classes,) and "bias" in jax.tree_util.keystr(path)
         return a.at[0].add(1.8) if head_bias else a
 
-    model = dataclasses.replace(
+    return dataclasses.replace(
         model, params=jax.tree_util.tree_map_with_path(raise_background, model.params)
     )
+
+
+def _noise_scan(path: Path) -> Path:
     noise = np.random.default_rng(0).gamma(2.0, 50.0, (20, 22, 18)).astype(np.float32)
-    nib.save(nib.Nifti1Image(noise, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "scan.nii.gz")
-    volume = io.load_image(tmp_path / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(noise, np.diag([4.0, 4.0, 4.0, 1.0])), path)
+    return path
+
+
+def test_postprocess_largest_leaves_one_piece_of_what_none_labels(model, tmp_path):
+    """Through the Segmenter: `postprocess=largest` returns the labels of `none` on their
+    largest face-connected foreground piece and background elsewhere."""
+    from scipy import ndimage
+
+    model = _fragmented(model)
+    volume = io.load_image(_noise_scan(tmp_path / "scan.nii.gz"))
     cfg = model_lib.sampler_config(model)
     key = jax.random.key(0)
     plain = predict.Segmenter(model, predict.Options(cfg)).segment_volume(volume, key)
@@ -279,10 +289,39 @@ def test_postprocess_largest_leaves_one_piece_of_what_none_labels(model, tmp_pat
         volume, key
     )
     pieces, n = ndimage.label(plain.labels > 0)
-    assert n > 1  # random params: the case is worth testing
+    assert n > 1  # the case is worth testing
     assert ndimage.label(largest.labels > 0)[1] == 1
     np.testing.assert_array_equal(largest.labels, postprocess.largest_component(plain.labels))
     np.testing.assert_array_equal(largest.entropy, plain.entropy)
+
+
+def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_to_0(
+    model, tmp_path
+):
+    """strip_model: the stripping model's brain (largest piece, holes filled; its own noise
+    stream) zeroes the rest of the scan, then the model segments that; windows add up and the
+    result keeps the original scan (for the QC picture)."""
+    from scipy import ndimage
+
+    stripper = _fragmented(model)
+    volume = io.load_image(_noise_scan(tmp_path / "scan.nii.gz"))
+    key = jax.random.key(3)
+    strip = predict.Segmenter(
+        stripper, predict.Options(model_lib.sampler_config(stripper), postprocess="largest")
+    ).segment_volume(volume, jax.random.fold_in(key, predict._STRIP_STREAM))
+    brain = ndimage.binary_fill_holes(strip.labels > 0)
+    assert 0 < brain.sum() < brain.size
+    cfg = model_lib.sampler_config(model)
+    stripped = dataclasses.replace(volume, data=np.where(brain, volume.data, 0))
+    want = predict.Segmenter(model, predict.Options(cfg)).segment_volume(stripped, key)
+    got = predict.Segmenter(model, predict.Options(cfg, strip_model=stripper)).segment_volume(
+        volume, key
+    )
+    np.testing.assert_array_equal(got.labels, want.labels)
+    assert got.windows == want.windows + strip.windows
+    assert got.volume is volume
+    plain = predict.Segmenter(model, predict.Options(cfg)).segment_volume(volume, key)
+    assert (plain.labels != got.labels).any()
 
 
 def test_an_unknown_postprocess_is_refused():

@@ -130,6 +130,7 @@ def _model_mode():
 
     try:
         model, cfg = cli.open_model(FLAGS)
+        strip = cli.open_strip_model(FLAGS)
         opts = predict.Options(
             cfg,
             FLAGS.seed,
@@ -138,6 +139,7 @@ def _model_mode():
             input_depth=FLAGS.input_depth,
             tta=FLAGS.tta,
             postprocess=FLAGS.postprocess,
+            strip_model=strip,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

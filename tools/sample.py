@@ -70,6 +70,7 @@ def main(argv):
         level = predict.parse_level(FLAGS.level)
         files.check_output_dir(FLAGS.output)  # creates nothing; cohort.run creates it
         model, cfg = cli.open_model(FLAGS)
+        strip = cli.open_strip_model(FLAGS)
         predict.check_level(level, model.protocol)
         inputs = predict.find_inputs(FLAGS.input)
     except (InputError, FileNotFoundError, ValueError) as e:
@@ -84,6 +85,7 @@ def main(argv):
             level,
             tta=FLAGS.tta,
             postprocess=FLAGS.postprocess,
+            strip_model=strip,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

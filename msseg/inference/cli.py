@@ -20,7 +20,7 @@ SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
 def define_sampling_flags() -> None:
     """Defines --sampler, --steps, --ensemble, --eta, --fusion, --step_fusion (None: the
     model's default), --seed, --overlap, --batch, --devices, --space, --window, --tta,
-    --postprocess, --route and --progress."""
+    --postprocess, --strip_model, --route and --progress."""
     flags.DEFINE_enum("sampler", None, list(sc.SAMPLERS), "Sampler (default: the model's).")
     flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
     flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
@@ -70,6 +70,13 @@ def define_sampling_flags() -> None:
         "connected piece (every label > 0), dropping what a model labels in the face, neck "
         "or skull base of a full-head scan.",
     )
+    flags.DEFINE_string(
+        "strip_model",
+        None,
+        "A full-head model directory that strips each scan first: its brain (labels > 0, the "
+        "largest piece, holes filled) is kept, every other voxel set to 0, then --model "
+        "segments it (SynthStrip-then-segment); its own sampler settings; windows add up.",
+    )
     flags.DEFINE_enum(
         "route",
         model_lib.Route.AUTO.value,
@@ -99,6 +106,17 @@ def open_model(values: flags.FlagValues) -> tuple[model_lib.LoadedModel, sc.Samp
         if route == model_lib.Route.AUTO.value:
             route = model_lib.Route.LOCAL.value
     return model_lib.open_model(values.model, route, conv_impl, **overrides)
+
+
+def open_strip_model(values: flags.FlagValues) -> model_lib.LoadedModel | None:
+    """--strip_model opened on --model's route (None without the flag)."""
+    if not values.strip_model:
+        return None
+    route = values.route
+    if values.space > 1 and route == model_lib.Route.AUTO.value:
+        route = model_lib.Route.LOCAL.value
+    conv_impl = "xla" if values.space > 1 else "auto"
+    return model_lib.load_model(values.strip_model, route=route, conv_impl=conv_impl)
 
 
 def window(values: flags.FlagValues) -> tuple[int, int, int] | str | None:

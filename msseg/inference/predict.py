@@ -48,6 +48,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from scipy import ndimage
 
 from msseg import files, io, names
 from msseg.data.prepare import prepare_image
@@ -61,6 +62,7 @@ from msseg.inference import window
 from msseg.labels import LevelTables, Protocol
 
 _FLIP_STREAM = 0x5EED_F11B  # the flipped pass's noise: its own stream of the case's key
+_STRIP_STREAM = 0x5EED_57B1  # the stripping model's noise: its own stream of the case's key
 WHOLE = "whole"  # `Options.window`: the whole volume in one window
 LEVELS = ("leaves", "all")
 """`Options.level` besides a tree level number: the leaves only, or the leaves and every level."""
@@ -107,6 +109,11 @@ class Options:
     # what is done to the decided labels on the input's grid (postprocess.py): "largest"
     # keeps the brain's largest connected piece only
     postprocess: post.Postprocess = post.Postprocess.NONE
+    # a full-head model that strips each scan first: its brain (labels > 0, the largest
+    # piece, holes filled) is kept and every other voxel set to 0 before `model` segments it
+    strip_model: model_lib.LoadedModel | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
@@ -288,6 +295,28 @@ class Segmenter:
         # an ensemble of a diffusion model: the members' variance is blended and written too
         self.ensemble = model.diffusion and opts.sampler.ensemble > 1
         self.tree = model.protocol.level_tables()
+        self.stripper = None
+        if opts.strip_model is not None:
+            strip = opts.strip_model
+            self.stripper = Segmenter(
+                strip,
+                Options(
+                    model_lib.sampler_config(strip),
+                    opts.seed,
+                    opts.overlap,
+                    opts.batch,
+                    devices=opts.devices,
+                    space=opts.space,
+                    postprocess=post.Postprocess.LARGEST,
+                ),
+            )
+
+    def brain_mask(self, volume: io.Volume, key: jax.Array) -> tuple[np.ndarray, int]:
+        """[X, Y, Z] bool on `volume`'s canonical grid: the brain this model finds (labels > 0,
+        the largest piece, holes filled), and the windows it took."""
+        result = self.segment_volume(volume, key)
+        brain = ndimage.binary_fill_holes(result.labels > 0)
+        return brain, result.windows
 
     def _window_of(self, window) -> tuple[int, int, int] | None:
         """The window at the entry depth (None: per volume, `Options.window="whole"`)."""
@@ -489,6 +518,13 @@ class Segmenter:
         """A loaded image → its segmentation on the image's canonical grid (with an ensemble,
         its variance too); `progress(done, total)` after each batch of windows."""
         start = time.perf_counter()
+        original, stripped_windows = volume, 0
+        if self.stripper is not None:
+            brain, stripped_windows = self.stripper.brain_mask(
+                volume, jax.random.fold_in(key, _STRIP_STREAM)
+            )
+            data = np.where(brain, volume.data, 0).astype(volume.data.dtype)
+            volume = dataclasses.replace(volume, data=data)
         cfg = self.model.preprocess
         if self.opts.depth:
             cfg = dataclasses.replace(
@@ -503,7 +539,8 @@ class Segmenter:
             var = np.maximum(native_map(var, prepared, volume), 0.0)
         name = names.stem(volume.path)
         seconds = time.perf_counter() - start
-        return Result(name, labels, ent, conf, volume, seconds, n, variance=var)
+        n += stripped_windows
+        return Result(name, labels, ent, conf, original, seconds, n, variance=var)
 
     def segment_file(
         self, path: str | os.PathLike, key: jax.Array, progress: Progress | None = None
