@@ -1,16 +1,17 @@
 """The quickstart model trained for full-head scans: configs/quickstart.py on the skull-stripped
 embedded set (70 % of the patches) and on mni152-heads (30 %): the same kind of brains inside
-synthetic heads of random contrast and resolution (docs/labels.md, "The embedded mni152-heads
-set"). Same network, recipe and 1400 steps; 16 minutes from a fresh clone on 2 cores.
+synthetic T1-like heads (docs/labels.md, "The embedded mni152-heads set"). Same network, recipe
+and 1400 steps.
 
-Trade-off measured in experiments/2026-11-30_synthetic_heads: on T1-like full-head test
-subjects it finds the brain (Dice 0.95 against 0.65 for the quickstart model, which labels skull
-and scalp as grey matter; on a real full-head T1, 0.90 against 0.61), not in contrasts where GM
-is darker than CSF; and at this budget it loses CSF: leaf Dice on the skull-stripped test split
-0.65 against 0.81. Use it for full-head T1 scans; use configs/quickstart.py for skull-stripped
-ones.
+Measured in experiments/2026-12-02_full_heads: on its own it finds the brain in full-head test
+subjects (brain Dice 0.94) but at this budget loses leaf accuracy on skull-stripped scans (0.71
+against 0.81 for configs/quickstart.py). Best used as the stripper of a two-stage pipeline:
 
   python tools/train.py --config=configs/quickstart_heads.py --workdir=runs/heads
+  python tools/export.py --workdir=runs/heads --output=runs/heads/model
+  python tools/sample.py --model=runs/quickstart/model --strip_model=runs/heads/model ...
+
+(full-head brain Dice 0.95, leaf 0.74; skull-stripped scans lose 0.5 leaf points).
 """
 
 import runpy

@@ -73,6 +73,8 @@ def test_neck_is_below_the_brain_and_eyes_and_blobs_stay_out_of_it():
         bare = _regions(seed, brain, heads.HeadConfig(eye_prob=1.0, max_blobs=0))
         neck_top = np.argwhere(bare == CODE["neck"])[:, 2].max()
         assert neck_top < np.argwhere(brain)[:, 2].max()
+        # the skull base lies between the neck and the brain: no neck voxel touches it
+        assert not (ndimage.binary_dilation(brain) & (bare == CODE["neck"])).any()
         others = regions >= CODE["eye"]
         assert not (others & brain).any()
         # eyes and blobs take nothing from the dura: same head without them

@@ -5,12 +5,13 @@ Hoopes et al., NeuroImage 2022).
 Around the brain mask, shells are grown by distance: dura, inner table, diploë, outer table,
 muscle, fat, skin (no CSF shell: the brain label holds its CSF up to the dura). Each shell's
 thickness is drawn per subject and its boundaries are moved by smooth random fields, so no two
-heads are alike. A neck-like column runs down from under the brain, two eye-like ellipsoids
+heads are alike. A neck-like column runs down from under the skull base (the skull's shells lie
+between it and the brain, so no tissue of the neck touches the brain), two eye-like ellipsoids
 sit in front of and below it (at random), and up to a few random ellipsoids ("blobs") sit
 anywhere outside the dura. Each region gets its own intensity: T1-like levels (relative to
-white matter = 1) for part of the subjects, SynthSeg-style random levels per region, the
-brain's CSF/GM/WM included, for the rest. Everything outside the brain stays background in
-the labels: a head changes only the image.
+white matter = 1) by default; with `random_contrast_prob` > 0 that share of the subjects draws
+SynthSeg-style random levels per region, the brain's CSF/GM/WM included. Everything outside the
+brain stays background in the labels: a head changes only the image.
 
 Regions are small integer codes ([X, Y, Z] uint8): 0 air, 1 brain, then `REGIONS[2:]`.
 """
@@ -34,12 +35,13 @@ SHELLS = (
     ("fat", (1.0, 6.0)),
     ("skin", (1.0, 3.0)),
 )
+SKULL_SHELLS = 4  # dura, inner table, diploe, outer table: between the brain and the neck
 REGIONS = ("air", "brain", *(name for name, _ in SHELLS), "eye", "neck")
 FIRST_BLOB = len(REGIONS)  # blob k has code FIRST_BLOB + k
 # T1-weighted levels relative to white matter (= 1), drawn uniformly in these ranges
 T1_LEVELS = {
     "air": (0.0, 0.0),
-    "dura": (0.2, 0.7),
+    "dura": (0.45, 0.8),
     "inner table": (0.0, 0.15),
     "diploe": (0.4, 1.1),
     "outer table": (0.0, 0.15),
@@ -57,7 +59,7 @@ TEMPLATE_WM = 0.84  # mean white-matter value of the template T1 (in [0, 1])
 class HeadConfig:
     """How heads are drawn. Part of the embedded set's SynthConfig (and so of its cache key)."""
 
-    generator: int = 2  # raised whenever the drawing code changes, so old caches are not reused
+    generator: int = 4  # raised whenever the drawing code changes, so old caches are not reused
 
     pad_mm: float = 12.0  # the template's field of view grown by this on every side ...
     neck_mm: float = 48.0  # ... and by this much more below, for the neck
@@ -65,11 +67,11 @@ class HeadConfig:
     boundary_std_mm: float = 1.5  # ... + std * smooth field (mm)
     eye_prob: float = 0.8
     max_blobs: int = 4
-    random_contrast_prob: float = 0.35  # SynthSeg-style random levels, else T1-like
+    random_contrast_prob: float = 0.0  # SynthSeg-style random levels, else T1-like
     min_tissue_gap: float = 0.2  # random levels of CSF, GM and WM at least this far apart
     texture_std: float = 0.06  # max per-region voxel noise, relative to white matter
-    max_blur_mm: float = 1.0  # max Gaussian sigma of the rendered image
-    lowres_prob: float = 0.5  # share of the subjects seen at a random resolution ...
+    max_blur_mm: float = 0.6  # max Gaussian sigma of the rendered image
+    lowres_prob: float = 0.2  # share of the subjects seen at a random resolution ...
     max_slice_mm: float = 6.0  # ... with slices up to this thick on one axis
 
 
@@ -108,8 +110,8 @@ def head_regions(
     lo, hi = idx.min(axis=0), idx.max(axis=0)
     mid = (lo + hi) / 2.0
     half_mm = (hi - lo) * spacing / 2.0
-    core = brain.copy()
-    # neck: an elliptic column from a little above the brain's lowest point to the grid's bottom
+    # neck: an elliptic column from a little above the brain's lowest point to the grid's
+    # bottom, kept outside the skull (the skull base lies between it and the brain)
     neck_top = lo[2] + round(rng.uniform(15.0, 35.0) / spacing)
     neck_centre = (mid[0], mid[1] - rng.uniform(0.1, 0.3) * half_mm[1] / spacing)
     neck_r = (rng.uniform(0.45, 0.6) * half_mm[0], rng.uniform(0.35, 0.5) * half_mm[1])
@@ -119,22 +121,31 @@ def head_regions(
     ) ** 2 <= 1.0
     neck = np.zeros(shape, bool)
     neck[:, :, : max(neck_top, 0)] = ring[:, :, None]
-    core |= neck
-    dist = ndimage.distance_transform_edt(~core, sampling=spacing).astype(np.float32)
     thickness = np.array([rng.uniform(*r) for _, r in SHELLS], np.float32)
     scale = np.exp(cfg.boundary_jitter * field(48.0))
     shift = cfg.boundary_std_mm * field(24.0)
-    regions = np.full(shape, REGIONS.index("air"), np.uint8)
+    edges = np.cumsum(thickness)
+    # the skull's shells (dura to outer table) by distance from the brain; the neck outside
+    # them; the soft tissue's shells (muscle, fat, skin) by distance from brain, skull and neck
+    dist = ndimage.distance_transform_edt(~brain, sampling=spacing).astype(np.float32)
     outer = np.zeros(shape, np.int8)  # how many shell boundaries lie below each voxel
-    for edge in np.cumsum(thickness):
+    for edge in edges[:SKULL_SHELLS]:
         outer += dist > edge * scale + shift
-    del scale, shift
-    shells = ~core & (outer < len(SHELLS))
+    skull = ~brain & (outer < SKULL_SHELLS)
+    neck &= ~brain & ~skull
+    core = brain | skull | neck
+    dist = ndimage.distance_transform_edt(~core, sampling=spacing).astype(np.float32)
+    for edge in edges[SKULL_SHELLS:] - edges[SKULL_SHELLS - 1]:
+        outer += ~core & (dist > edge * scale + shift)
+    del scale, shift, dist
+    regions = np.full(shape, REGIONS.index("air"), np.uint8)
+    shells = ~brain & ~neck & (outer < len(SHELLS))
     regions[shells] = REGIONS.index(SHELLS[0][0]) + outer[shells]
-    regions[neck & ~brain] = REGIONS.index("neck")
+    regions[neck] = REGIONS.index("neck")
     regions[brain] = REGIONS.index("brain")
     beyond_dura = outer >= 1  # from the inner table out
-    outside_dura = ~core & beyond_dura & (outer < len(SHELLS))
+    outside_dura = ~brain & ~neck & beyond_dura & (outer < len(SHELLS))
+    core = brain | neck
     del shells
     if rng.random() < cfg.eye_prob:
         # in front of the brain, below its middle: a pair mirrored about its centre line
