@@ -275,6 +275,29 @@ def _noise_scan(path: Path) -> Path:
     return path
 
 
+def test_brain_mask_cuts_what_hangs_on_the_brain_by_a_thin_bridge_and_fills_holes():
+    """A ball (the brain, with a hole) and a blob (false brain in the neck) joined by a tube
+    one voxel wide, plus a speck apart: the opening keeps the ball, hole filled; without it
+    the blob stays (it is connected)."""
+    g = np.indices((40, 30, 30)).astype(np.float32)
+    ball = ((g - np.array([12, 15, 15])[:, None, None, None]) ** 2).sum(0) <= 9**2
+    blob = ((g - np.array([32, 15, 15])[:, None, None, None]) ** 2).sum(0) <= 5**2
+    labels = np.zeros((40, 30, 30), np.uint8)
+    labels[ball] = 2
+    labels[blob] = 3
+    labels[20:28, 15, 15] = 1  # the bridge
+    labels[12, 15, 15] = 0  # a hole
+    labels[0, 0, 0] = 4  # a speck
+    brain = postprocess.brain_mask(labels, (1.0, 1.0, 1.0), open_mm=2.0)
+    # an opening smooths the surface: a digital ball loses a few corner voxels, nothing more
+    assert not (brain & ~ball).any() and brain[ball].mean() > 0.97 and brain[12, 15, 15]
+    kept = postprocess.brain_mask(labels, (1.0, 1.0, 1.0), open_mm=0.0)
+    assert kept[blob].all() and kept[ball].all() and not kept[0, 0, 0]
+    # in mm: the same scene on a 2 mm grid needs a radius of 2 mm, not 2 voxels
+    coarse = postprocess.brain_mask(labels[::2, ::2, ::2], (2.0, 2.0, 2.0), open_mm=2.0)
+    assert not coarse[blob[::2, ::2, ::2]].any() and coarse[ball[::2, ::2, ::2]].mean() > 0.95
+
+
 def test_postprocess_largest_leaves_one_piece_of_what_none_labels(model, tmp_path):
     """Through the Segmenter: `postprocess=largest` returns the labels of `none` on their
     largest face-connected foreground piece and background elsewhere."""
@@ -301,7 +324,6 @@ def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_t
     """strip_model: the stripping model's brain (largest piece, holes filled; its own noise
     stream) zeroes the rest of the scan, then the model segments that; windows add up and the
     result keeps the original scan (for the QC picture)."""
-    from scipy import ndimage
 
     stripper = _fragmented(model)
     volume = io.load_image(_noise_scan(tmp_path / "scan.nii.gz"))
@@ -309,7 +331,7 @@ def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_t
     strip = predict.Segmenter(
         stripper, predict.Options(model_lib.sampler_config(stripper), postprocess="largest")
     ).segment_volume(volume, jax.random.fold_in(key, predict._STRIP_STREAM))
-    brain = ndimage.binary_fill_holes(strip.labels > 0)
+    brain = postprocess.brain_mask(strip.labels, volume.spacing)
     assert 0 < brain.sum() < brain.size
     cfg = model_lib.sampler_config(model)
     stripped = dataclasses.replace(volume, data=np.where(brain, volume.data, 0))

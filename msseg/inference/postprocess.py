@@ -1,6 +1,7 @@
 """Post-processing of a segmentation on the input's grid, as nnU-Net and FastSurfer do it: the
 brain is one connected piece, so whatever a model labels outside it (in the face, the neck, the
-skull base of a full-head scan) is dropped.
+skull base of a full-head scan) is dropped. `brain_mask` is what a stripping model's output
+becomes before the second model segments the stripped scan (`--strip_model`).
 
   none     the labels as decided
   largest  only the largest connected component of the brain (every label > 0, face-connected
@@ -21,18 +22,45 @@ class Postprocess(enum.StrEnum):
 
 
 POSTPROCESSES = tuple(p.value for p in Postprocess)
+OPEN_MM = 6.0  # brain_mask's opening radius (chosen on the mni152-heads validation split)
 
 
 def largest_component(labels: np.ndarray) -> np.ndarray:
     """`labels` [X, Y, Z] with every foreground voxel outside the largest face-connected
     component of the foreground (labels > 0) set to 0; unchanged when it is one piece (or
     empty). Ties between equal components go to the first in scan order."""
-    components, n = ndimage.label(labels > 0)
-    if n <= 1:
+    brain = labels > 0
+    piece = largest_piece(brain)
+    if piece is brain:
         return labels
+    return np.where(piece, labels, 0).astype(labels.dtype)
+
+
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """[X, Y, Z] bool: the largest face-connected piece of `mask` (`mask` itself if <= 1)."""
+    components, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
     sizes = np.bincount(components.ravel(), minlength=n + 1)
     sizes[0] = 0
-    return np.where(components == int(sizes.argmax()), labels, 0).astype(labels.dtype)
+    return components == int(sizes.argmax())
+
+
+def brain_mask(labels: np.ndarray, spacing, open_mm: float = OPEN_MM) -> np.ndarray:
+    """[X, Y, Z] bool: the brain of a full-head segmentation (labels > 0 on a grid of `spacing`
+    mm). Its largest piece is opened by `open_mm` (eroded by that Euclidean distance, the
+    largest piece kept, grown back by the same distance inside the foreground), which cuts the
+    thin bridges by which false brain in the skull base, the face or the neck hangs on the
+    brain; then holes are filled."""
+    brain = largest_piece(labels > 0)
+    if open_mm > 0 and brain.any():
+        sampling = tuple(float(s) for s in spacing)
+        core = ndimage.distance_transform_edt(brain, sampling=sampling) > open_mm
+        if core.any():
+            core = largest_piece(core)
+            grown = ndimage.distance_transform_edt(~core, sampling=sampling) <= open_mm
+            brain = largest_piece(grown & brain)
+    return ndimage.binary_fill_holes(brain)
 
 
 def apply(labels: np.ndarray, mode: Postprocess | str) -> np.ndarray:

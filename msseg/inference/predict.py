@@ -48,7 +48,6 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from scipy import ndimage
 
 from msseg import files, io, names
 from msseg.data.prepare import prepare_image
@@ -312,11 +311,11 @@ class Segmenter:
             )
 
     def brain_mask(self, volume: io.Volume, key: jax.Array) -> tuple[np.ndarray, int]:
-        """[X, Y, Z] bool on `volume`'s canonical grid: the brain this model finds (labels > 0,
-        the largest piece, holes filled), and the windows it took."""
+        """[X, Y, Z] bool on `volume`'s canonical grid: the brain this model finds
+        (`postprocess.brain_mask`: labels > 0, opened, the largest piece, holes filled), and
+        the windows it took."""
         result = self.segment_volume(volume, key)
-        brain = ndimage.binary_fill_holes(result.labels > 0)
-        return brain, result.windows
+        return post.brain_mask(result.labels, volume.spacing), result.windows
 
     def _window_of(self, window) -> tuple[int, int, int] | None:
         """The window at the entry depth (None: per volume, `Options.window="whole"`)."""
