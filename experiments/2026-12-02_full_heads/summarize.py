@@ -13,6 +13,7 @@ with it, case by case.
 
 import csv
 import json
+import runpy
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 SETS = ("stripped", "full_head", "twins")
+HERE = Path(__file__).parent
+# b - a per case in Dice points: {n, mean, sd, min, b_ahead}
+paired = runpy.run_path(str(HERE.parent / "2026-11-30_synthetic_heads" / "summarize.py"))["paired"]
 
 
 def per_case(report: str) -> dict[str, dict[str, float]]:
@@ -37,21 +41,8 @@ def per_case(report: str) -> dict[str, dict[str, float]]:
     }
 
 
-def paired(a: dict, b: dict, key: str) -> dict:
-    """b - a per case, in Dice points, over the cases both have."""
-    cases = sorted(set(a) & set(b))
-    d = np.array([b[c][key] - a[c][key] for c in cases]) * 100
-    return {
-        "n": len(cases),
-        "mean": round(float(d.mean()), 2),
-        "sd": round(float(d.std(ddof=1)), 2),
-        "worst": round(float(d.min()), 2),
-        "ahead": int((d > 0).sum()),
-    }
-
-
 def text(p: dict | None) -> str:
-    return "—" if p is None else f"{p['mean']:+.1f} ± {p['sd']:.1f} (worst {p['worst']:+.1f})"
+    return "—" if p is None else f"{p['mean']:+.1f} ± {p['sd']:.1f} (worst {p['min']:+.1f})"
 
 
 def main(base: str, *arms: str) -> None:
@@ -90,9 +81,8 @@ def main(base: str, *arms: str) -> None:
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ]
-    here = Path(__file__).parent
-    (here / "results.md").write_text("\n".join(lines) + "\n")
-    (here / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(lines))
 
 
