@@ -11,7 +11,7 @@ against 0.81 for configs/quickstart.py). Best used as the stripper of a two-stag
   python tools/export.py --workdir=runs/heads --output=runs/heads/model
   python tools/sample.py --model=runs/quickstart/model --strip_model=runs/heads/model ...
 
-(full-head brain Dice 0.95, leaf 0.74; skull-stripped scans lose 0.5 leaf points).
+(full-head brain Dice 0.96, leaf 0.745; skull-stripped scans lose 0.7 leaf points).
 """
 
 import runpy

@@ -69,12 +69,17 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     """[X, Y, Z] bool: the largest bright component above the Otsu threshold, holes filled."""
     top = np.percentile(image, 99.9)
     mask = image > otsu_threshold(np.minimum(image, top).ravel())
+    return ndimage.binary_fill_holes(largest_piece(mask))
+
+
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """[X, Y, Z] bool: the largest face-connected piece of `mask` (`mask` itself if <= 1)."""
     components, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        mask = components == int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(components.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return components == int(sizes.argmax())
 
 
 def crop_box(mask: np.ndarray, margin: np.ndarray) -> tuple[tuple[int, int], ...]:

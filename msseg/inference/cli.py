@@ -74,8 +74,9 @@ def define_sampling_flags() -> None:
         "strip_model",
         None,
         "A full-head model directory that strips each scan first: its brain (labels > 0, the "
-        "largest piece, holes filled) is kept, every other voxel set to 0, then --model "
-        "segments it (SynthStrip-then-segment); its own sampler settings; windows add up.",
+        "largest piece opened by 6 mm, holes filled) is kept, every other voxel set to 0, "
+        "then --model segments it (SynthStrip-then-segment); its own sampler settings; "
+        "windows add up.",
     )
     flags.DEFINE_enum(
         "route",
@@ -100,22 +101,25 @@ def open_model(values: flags.FlagValues) -> tuple[model_lib.LoadedModel, sc.Samp
     (--route=auto picks it; --route=exported is refused by the Segmenter)."""
     overrides = {name: values[name].value for name in SAMPLER_FLAGS}
     overrides["kind"] = overrides.pop("sampler")
+    return model_lib.open_model(values.model, *_route(values), **overrides)
+
+
+def _route(values: flags.FlagValues) -> tuple[str, str]:
+    """(route, convolution) for the models a run opens: --route, and with --space > 1 XLA's
+    convolution on the local route (auto picks it)."""
     route, conv_impl = values.route, "auto"
     if values.space > 1:
         conv_impl = "xla"
         if route == model_lib.Route.AUTO.value:
             route = model_lib.Route.LOCAL.value
-    return model_lib.open_model(values.model, route, conv_impl, **overrides)
+    return route, conv_impl
 
 
 def open_strip_model(values: flags.FlagValues) -> model_lib.LoadedModel | None:
     """--strip_model opened on --model's route (None without the flag)."""
     if not values.strip_model:
         return None
-    route = values.route
-    if values.space > 1 and route == model_lib.Route.AUTO.value:
-        route = model_lib.Route.LOCAL.value
-    conv_impl = "xla" if values.space > 1 else "auto"
+    route, conv_impl = _route(values)
     return model_lib.load_model(values.strip_model, route=route, conv_impl=conv_impl)
 
 

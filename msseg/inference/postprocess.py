@@ -15,6 +15,8 @@ import enum
 import numpy as np
 from scipy import ndimage
 
+from msseg.data.prepare import largest_piece
+
 
 class Postprocess(enum.StrEnum):
     NONE = "none"
@@ -34,16 +36,6 @@ def largest_component(labels: np.ndarray) -> np.ndarray:
     if piece is brain:
         return labels
     return np.where(piece, labels, 0).astype(labels.dtype)
-
-
-def largest_piece(mask: np.ndarray) -> np.ndarray:
-    """[X, Y, Z] bool: the largest face-connected piece of `mask` (`mask` itself if <= 1)."""
-    components, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    sizes = np.bincount(components.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    return components == int(sizes.argmax())
 
 
 def brain_mask(labels: np.ndarray, spacing, open_mm: float = OPEN_MM) -> np.ndarray:

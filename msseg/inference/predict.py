@@ -108,8 +108,8 @@ class Options:
     # what is done to the decided labels on the input's grid (postprocess.py): "largest"
     # keeps the brain's largest connected piece only
     postprocess: post.Postprocess = post.Postprocess.NONE
-    # a full-head model that strips each scan first: its brain (labels > 0, the largest
-    # piece, holes filled) is kept and every other voxel set to 0 before `model` segments it
+    # a full-head model that strips each scan first: its brain (`postprocess.brain_mask`)
+    # is kept and every other voxel set to 0 before `model` segments it
     strip_model: model_lib.LoadedModel | None = dataclasses.field(
         default=None, compare=False, repr=False
     )
@@ -306,7 +306,6 @@ class Segmenter:
                     opts.batch,
                     devices=opts.devices,
                     space=opts.space,
-                    postprocess=post.Postprocess.LARGEST,
                 ),
             )
 
