@@ -346,6 +346,24 @@ def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_t
     assert (plain.labels != got.labels).any()
 
 
+def test_a_strip_model_that_finds_no_brain_is_a_clear_error(model, tmp_path):
+    blind = dataclasses.replace(
+        model,
+        params=jax.tree_util.tree_map_with_path(
+            lambda path, a: (
+                a.at[0].add(100.0)
+                if a.shape == (model.num_classes,) and "bias" in jax.tree_util.keystr(path)
+                else a
+            ),
+            model.params,
+        ),
+    )
+    path = _noise_scan(tmp_path / "scan.nii.gz")
+    opts = predict.Options(model_lib.sampler_config(model), strip_model=blind)
+    with pytest.raises(InputError, match=r"scan\.nii\.gz: the strip model found no brain"):
+        predict.Segmenter(model, opts).segment_volume(io.load_image(path), jax.random.key(0))
+
+
 def test_an_unknown_postprocess_is_refused():
     with pytest.raises(ValueError, match=r"postprocess must be one of \('none', 'largest'\)"):
         predict.Options(seg.SamplerConfig(), postprocess="holes")

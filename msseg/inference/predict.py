@@ -521,6 +521,10 @@ class Segmenter:
             brain, stripped_windows = self.stripper.brain_mask(
                 volume, jax.random.fold_in(key, _STRIP_STREAM)
             )
+            if not brain.any():
+                raise InputError(
+                    volume.path, "the strip model found no brain in it (is it a head scan?)"
+                )
             data = np.where(brain, volume.data, 0).astype(volume.data.dtype)
             volume = dataclasses.replace(volume, data=data)
         cfg = self.model.preprocess
