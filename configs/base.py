@@ -13,8 +13,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    # a folder (dataset.json or imagesTr/labelsTr), "mni152", "mni152-heads" or "mni152-loose"
-    # (the embedded sets); several joined by commas
+    # a folder (dataset.json or imagesTr/labelsTr), "mni152" or "mni152-heads" (the embedded
+    # sets); several joined by commas
     c.data.spec = "mni152"
     c.data.protocol = ""  # "" = what the dataset declares
     c.data.cache = ""  # preprocessed cache folder; "" = <workdir>/cache

@@ -99,15 +99,3 @@ def make_output_dir(output: PathLike) -> Path:
     except OSError as e:
         raise InputError(out, f"cannot create the output folder: {e.strerror or e}") from None
     return out
-
-
-def pid_alive(pid: str | int) -> bool:
-    """Whether process `pid` (a number, or text that should be one) still runs on this machine
-    (so the temporary folder it names is still being written)."""
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -157,33 +156,3 @@ def test_random_tissue_levels_keep_tissues_apart_in_any_order():
     assert gaps.min() >= 0.2
     orders = {tuple(np.argsort(d)) for d in draws}
     assert len(orders) == 6  # T1-like, T2-like and every other order occur
-
-
-def test_a_loose_subject_is_its_heads_twin_cut_to_a_band_around_the_brain():
-    """Same seed: the loose subject's labels and its image within the brain are the heads
-    subject's; outside, the image keeps some head tissue near the brain and nothing far away."""
-    headed = mni152.SynthConfig(spacing=4.0, head=heads.HeadConfig())
-    loose = dataclasses.replace(headed, strip=heads.StripConfig(margin_mm=(6.0, 6.0)))
-    t = mni152.load_template()
-    img_h, lab_h, aff_h = mni152.synthesize_subject(t, headed, np.random.default_rng(5))
-    img_l, lab_l, aff_l = mni152.synthesize_subject(t, loose, np.random.default_rng(5))
-    assert np.array_equal(lab_l, lab_h) and np.array_equal(aff_l, aff_h)
-    brain = lab_h > 0
-    assert np.array_equal(img_l[brain], img_h[brain])
-    kept = img_l != 0
-    assert np.array_equal(img_l[kept], img_h[kept])  # cut, never changed
-    dist = ndimage.distance_transform_edt(~brain, sampling=4.0)
-    assert (kept & ~brain).sum() > 0.5 * ((img_h != 0) & (dist > 0) & (dist <= 4.0)).sum()
-    assert not kept[dist > 6.0 * np.exp(0.5 * 4) + 2.0 * 4].any()  # far beyond any margin
-    assert (img_h[dist > 20.0] != 0).sum() > 10 * (img_l[dist > 20.0] != 0).sum()
-
-
-def test_the_loose_set_is_embedded_and_a_strip_needs_a_head():
-    cfg = mni152.EMBEDDED["mni152-loose"]
-    assert mni152.set_name(cfg) == "mni152-loose" and cfg.head == heads.HeadConfig()
-    assert cfg.fields()["strip"]["margin_mm"] == (0.0, 10.0)
-    assert mni152.dataset_dir(cfg).name != mni152.dataset_dir(mni152.EMBEDDED["mni152-heads"]).name
-    # the heads set's key is what it was before strips existed
-    assert "strip" not in mni152.EMBEDDED["mni152-heads"].fields()
-    with pytest.raises(ValueError, match="needs `head`"):
-        mni152.SynthConfig(strip=heads.StripConfig())

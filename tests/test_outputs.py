@@ -298,20 +298,6 @@ def test_brain_mask_cuts_what_hangs_on_the_brain_by_a_thin_bridge_and_fills_hole
     assert not coarse[blob[::2, ::2, ::2]].any() and coarse[ball[::2, ::2, ::2]].mean() > 0.95
 
 
-def test_brain_mask_grows_by_a_distance_in_mm():
-    """grow_mm: every voxel within that Euclidean distance (in mm, per axis spacing) of the
-    mask joins it, no farther one."""
-    labels = np.zeros((30, 30, 30), np.uint8)
-    labels[10:20, 10:20, 10:20] = 2
-    grown = postprocess.brain_mask(labels, (1.0, 1.0, 2.0), open_mm=0.0, grow_mm=3.0)
-    assert grown[10:20, 10:20, 10:20].all()
-    assert grown[22, 15, 15] and not grown[23, 15, 15]  # 3 mm, 4 mm beyond x = 19
-    assert grown[7, 15, 15] and not grown[6, 15, 15]
-    assert grown[15, 15, 20] and not grown[15, 15, 21]  # 2 mm, 4 mm beyond z = 19
-    assert not grown[22, 22, 15]  # a corner sqrt(18) mm away
-    assert grown.sum() > labels.astype(bool).sum()
-
-
 def test_postprocess_largest_leaves_one_piece_of_what_none_labels(model, tmp_path):
     """Through the Segmenter: `postprocess=largest` returns the labels of `none` on their
     largest face-connected foreground piece and background elsewhere."""
@@ -358,14 +344,6 @@ def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_t
     assert got.volume is volume
     plain = predict.Segmenter(model, predict.Options(cfg)).segment_volume(volume, key)
     assert (plain.labels != got.labels).any()
-    # a margin: the same brain grown by it in mm
-    grown = postprocess.brain_mask(strip.labels, volume.spacing, grow_mm=4.0)
-    assert grown.sum() > brain.sum()
-    stripped = dataclasses.replace(volume, data=np.where(grown, volume.data, 0))
-    want = predict.Segmenter(model, predict.Options(cfg)).segment_volume(stripped, key)
-    opts = predict.Options(cfg, strip_model=stripper, strip_margin_mm=4.0)
-    got = predict.Segmenter(model, opts).segment_volume(volume, key)
-    np.testing.assert_array_equal(got.labels, want.labels)
 
 
 def test_a_strip_model_that_finds_no_brain_is_a_clear_error(model, tmp_path):
@@ -384,12 +362,6 @@ def test_a_strip_model_that_finds_no_brain_is_a_clear_error(model, tmp_path):
     opts = predict.Options(model_lib.sampler_config(model), strip_model=blind)
     with pytest.raises(InputError, match=r"scan\.nii\.gz: the strip model found no brain"):
         predict.Segmenter(model, opts).segment_volume(io.load_image(path), jax.random.key(0))
-
-
-@pytest.mark.parametrize("margin", [-1.0, float("nan")])
-def test_a_negative_or_nan_strip_margin_is_refused(margin):
-    with pytest.raises(ValueError, match="strip_margin_mm must be >= 0"):
-        predict.Options(seg.SamplerConfig(), strip_margin_mm=margin)
 
 
 def test_an_unknown_postprocess_is_refused():

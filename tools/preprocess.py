@@ -9,9 +9,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "data",
     None,
-    "Dataset SPEC: a folder (dataset.json or imagesTr/labelsTr), 'mni152', 'mni152-heads' or "
-    "'mni152-loose'; several SPECs joined by commas go into one cache (same protocol, unique "
-    "case ids).",
+    "Dataset SPEC: a folder (dataset.json or imagesTr/labelsTr), 'mni152' or 'mni152-heads'; "
+    "several SPECs "
+    "joined by commas go into one cache (same protocol, unique case ids).",
 )
 flags.DEFINE_string("output", None, "Cache folder to write (arrays + manifest.json).")
 flags.DEFINE_list(

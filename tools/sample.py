@@ -86,7 +86,6 @@ def main(argv):
             tta=FLAGS.tta,
             postprocess=FLAGS.postprocess,
             strip_model=strip,
-            strip_margin_mm=FLAGS.strip_margin_mm,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

@@ -36,9 +36,8 @@ from msseg.errors import InputError
 
 Codes = tuple[tuple[int, int], ...]  # sorted (raw value, protocol id or IGNORE) pairs
 
-# the embedded sets (msseg.data.mni152.EMBEDDED): skull-stripped, inside synthetic heads, and
-# those heads stripped loosely
-EMBEDDED = ("mni152", "mni152-heads", "mni152-loose")
+# the embedded sets (msseg.data.mni152.EMBEDDED): skull-stripped, and inside synthetic heads
+EMBEDDED = ("mni152", "mni152-heads")
 IGNORE_NAMES = ("ignore", "unknown")  # label names meaning IGNORE unless the protocol has them
 
 
@@ -98,8 +97,8 @@ def resolve(
     val_fraction: float = 0.2,
     cache: str | os.PathLike | None = None,
 ) -> Dataset:
-    """The dataset named by SPEC (a folder, `mni152` / `mni152-heads` / `mni152-loose` for the
-    embedded sets, or several of these joined by commas).
+    """The dataset named by SPEC (a folder, `mni152` / `mni152-heads` for the embedded sets, or
+    several of these joined by commas).
 
     Several SPECs make one `Dataset`: each keeps its own splits and label table; they must
     share one protocol, and a case id found in two of them is an error (no renaming).

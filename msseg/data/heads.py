@@ -14,10 +14,6 @@ SynthSeg-style random levels per region, the brain's CSF/GM/WM included. Everyth
 brain stays background in the labels: a head changes only the image.
 
 Regions are small integer codes ([X, Y, Z] uint8): 0 air, 1 brain, then `REGIONS[2:]`.
-
-`loose_strip` cuts such a head down to what a generous skull stripping leaves: the brain and
-whatever lies within a random margin of it (dura, skull, a little scalp), so that a model trained
-on it learns to label leftover tissue as background (the strip-then-segment route, docs/labels.md).
 """
 
 from __future__ import annotations
@@ -77,15 +73,6 @@ class HeadConfig:
     max_blur_mm: float = 0.6  # max Gaussian sigma of the rendered image
     lowres_prob: float = 0.2  # share of the subjects seen at a random resolution ...
     max_slice_mm: float = 6.0  # ... with slices up to this thick on one axis
-
-
-@dataclasses.dataclass(frozen=True)
-class StripConfig:
-    """How loosely a head is stripped (`loose_strip`). Part of SynthConfig (and its cache key)."""
-
-    margin_mm: tuple[float, float] = (0.0, 10.0)  # per subject, uniform in this range ...
-    jitter: float = 0.5  # ... times exp(jitter * smooth field) ...
-    std_mm: float = 2.0  # ... + std * smooth field (mm), at least 0
 
 
 def pad_grid(
@@ -230,16 +217,3 @@ def render(
     if not random_contrast:
         img **= rng.uniform(0.8, 1.25)
     return img.astype(np.float32)
-
-
-def loose_strip(
-    image: np.ndarray, brain: np.ndarray, spacing: float, cfg: StripConfig, rng, field
-) -> np.ndarray:
-    """`image` with every voxel farther from `brain` (bool) than a random margin set to 0, as a
-    generous skull stripping or a strip model's mask grown by a margin leaves a head: the brain
-    whole, plus the tissue of a band around it whose width varies smoothly over the surface.
-    field(grid_mm) -> a smooth unit random field on the grid (the caller's B-spline field)."""
-    margin = rng.uniform(*cfg.margin_mm) * np.exp(cfg.jitter * field(48.0))
-    reach = np.maximum(margin + cfg.std_mm * field(24.0), 0.0)
-    dist = ndimage.distance_transform_edt(~brain, sampling=spacing)
-    return np.where(dist <= reach, image, 0).astype(image.dtype)

@@ -31,7 +31,7 @@ from absl import logging
 from scipy import ndimage
 
 from msseg.data import augment, heads
-from msseg.files import pid_alive, sha256_file
+from msseg.files import sha256_file
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -69,36 +69,28 @@ class SynthConfig:
     bias_std: float = 0.2  # std of the log bias field
     noise_range: tuple[float, float] = (0.01, 0.04)  # Rician sigma, relative to max intensity
     head: heads.HeadConfig | None = None  # synthetic heads around the brains (None: stripped)
-    strip: heads.StripConfig | None = None  # each head then stripped loosely (needs `head`)
-
-    def __post_init__(self):
-        if self.strip is not None and self.head is None:
-            raise ValueError("SynthConfig.strip strips a head: it needs `head` too")
 
     def fields(self) -> dict:
-        """The settings as JSON-ready values, without the optional parts left at None (as
-        before they existed, so older sets keep their keys and dataset.json)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The settings as JSON-ready values (no `head` for skull-stripped sets, as before it
+        existed, so their keys and dataset.json are unchanged)."""
+        fields = dataclasses.asdict(self)
+        if fields["head"] is None:
+            del fields["head"]
+        return fields
 
     def key(self) -> str:
         blob = json.dumps(self.fields(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
 
-# the embedded sets by SPEC name: skull-stripped brains; the same kind of brains (other
-# subjects) inside synthetic T1-like heads; those same heads stripped loosely
-EMBEDDED = {
-    "mni152": SynthConfig(),
-    "mni152-heads": SynthConfig(head=heads.HeadConfig()),
-    "mni152-loose": SynthConfig(head=heads.HeadConfig(), strip=heads.StripConfig()),
-}
+# the embedded sets by SPEC name: skull-stripped brains, and the same kind of brains (other
+# subjects) inside synthetic heads with random contrasts and resolutions
+EMBEDDED = {"mni152": SynthConfig(), "mni152-heads": SynthConfig(head=heads.HeadConfig())}
 
 
 def set_name(cfg: SynthConfig) -> str:
     """The SPEC name of a set: its folder, file and case-id prefix."""
-    if cfg.head is None:
-        return "mni152"
-    return "mni152-heads" if cfg.strip is None else "mni152-loose"
+    return "mni152" if cfg.head is None else "mni152-heads"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,12 +257,12 @@ def synthesize_subject(
     del x_src
     if identity:
         return np.round(t1 * 1000).astype(np.int16), labels, affine
-    field = lambda grid_mm: smooth_field(shape, extent, grid_mm, rng)  # noqa: E731
     if cfg.head is None:
         img = t1 * (1 + rng.uniform(-1, 1) * cfg.tissue_contrast * gm)
         img *= 1 + rng.uniform(-1, 1) * cfg.tissue_contrast * wm
         img = np.clip(img, 0, None) ** rng.uniform(*cfg.gamma_range)
     else:
+        field = lambda grid_mm: smooth_field(shape, extent, grid_mm, rng)  # noqa: E731
         regions = heads.head_regions(labels > 0, cfg.spacing, cfg.head, rng, field)
         img = heads.render(regions, t1, gm, wm, cfg.spacing, cfg.head, rng)
         del regions
@@ -281,10 +273,7 @@ def synthesize_subject(
     n1, n2 = (sigma * rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
     img = np.sqrt((img + n1) ** 2 + n2**2)
     img *= rng.uniform(700.0, 1300.0) / float(np.percentile(img[labels > 0], 99))
-    img = np.clip(np.round(img), 0, 32767).astype(np.int16)
-    if cfg.strip is not None:  # last, so a loose subject is its heads twin, stripped
-        img = heads.loose_strip(img, labels > 0, cfg.spacing, cfg.strip, rng, field)
-    return img, labels, affine
+    return np.clip(np.round(img), 0, 32767).astype(np.int16), labels, affine
 
 
 def _subject_seed(cfg: SynthConfig, split: str, index: int) -> np.random.SeedSequence:
@@ -345,7 +334,7 @@ def build(
     """Returns the folder of the embedded set, generating it first if it is absent or damaged."""
     final = dataset_dir(cfg, cache)
     for stale in final.parent.glob(final.name + ".tmp-*"):
-        if not pid_alive(stale.name.rsplit("-", 1)[-1]):
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
     if final.exists():
         problem = verify(final)
@@ -371,8 +360,7 @@ def build(
     ordered = {
         s: [entries[(s, i)] for i in range(n)] for s, n in zip(SPLITS, cfg.counts, strict=True)
     }
-    what = " (nilearn)" + ("" if cfg.head is None else ", inside synthetic heads")
-    what += "" if cfg.strip is None else ", stripped loosely"
+    what = " (nilearn)" if cfg.head is None else " (nilearn), inside synthetic heads"
     meta = {
         "name": set_name(cfg),
         "description": f"Synthetic T1 subjects warped from the ICBM152 2009a template{what}.",
@@ -397,3 +385,13 @@ def build(
             raise
     logging.info("mni152: built %s in %.0f s", final, time.time() - start)
     return final
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

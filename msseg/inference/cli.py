@@ -20,7 +20,7 @@ SAMPLER_FLAGS = ("sampler", "steps", "ensemble", "eta", "fusion", "step_fusion")
 def define_sampling_flags() -> None:
     """Defines --sampler, --steps, --ensemble, --eta, --fusion, --step_fusion (None: the
     model's default), --seed, --overlap, --batch, --devices, --space, --window, --tta,
-    --postprocess, --strip_model, --strip_margin_mm, --route and --progress."""
+    --postprocess, --strip_model, --route and --progress."""
     flags.DEFINE_enum("sampler", None, list(sc.SAMPLERS), "Sampler (default: the model's).")
     flags.DEFINE_integer("steps", None, "DDIM steps (default: the model's).")
     flags.DEFINE_integer("ensemble", None, "Samples fused per volume (default: the model's).")
@@ -77,13 +77,6 @@ def define_sampling_flags() -> None:
         "largest piece opened by 6 mm, holes filled) is kept, every other voxel set to 0, "
         "then --model segments it (SynthStrip-then-segment); its own sampler settings; "
         "windows add up.",
-    )
-    flags.DEFINE_float(
-        "strip_margin_mm",
-        postprocess.STRIP_MARGIN_MM,
-        "With --strip_model: the brain it finds is grown by this many mm before the rest is "
-        "set to 0 (a generous strip; a --model trained on mni152-loose labels what is left "
-        "around the brain background).",
     )
     flags.DEFINE_enum(
         "route",

@@ -58,12 +58,7 @@ def _settings(model, data, split, opts, depth: int, first: bool, hd95_mode: str)
         "postprocess": str(opts.postprocess),
         "strip_model": None
         if opts.strip_model is None
-        else [
-            str(opts.strip_model.path),
-            digest(opts.strip_model.metadata),
-            post.OPEN_MM,
-            opts.strip_margin_mm,
-        ],
+        else [str(opts.strip_model.path), digest(opts.strip_model.metadata), post.OPEN_MM],
         "depth": depth,
         "first_depth": first,  # records of the first depth hold the volumes row and preview
         "hd95_mode": hd95_mode,

@@ -25,10 +25,6 @@ class Postprocess(enum.StrEnum):
 
 POSTPROCESSES = tuple(p.value for p in Postprocess)
 OPEN_MM = 6.0  # brain_mask's opening radius (chosen on the mni152-heads validation split)
-# how far the stripped brain is grown before the second model segments it (--strip_margin_mm):
-# a generous strip keeps the brain whole, and a model trained on mni152-loose labels what is
-# left around it background
-STRIP_MARGIN_MM = 0.0
 
 
 def largest_component(labels: np.ndarray) -> np.ndarray:
@@ -42,14 +38,12 @@ def largest_component(labels: np.ndarray) -> np.ndarray:
     return np.where(piece, labels, 0).astype(labels.dtype)
 
 
-def brain_mask(
-    labels: np.ndarray, spacing, open_mm: float = OPEN_MM, grow_mm: float = 0.0
-) -> np.ndarray:
+def brain_mask(labels: np.ndarray, spacing, open_mm: float = OPEN_MM) -> np.ndarray:
     """[X, Y, Z] bool: the brain of a full-head segmentation (labels > 0 on a grid of `spacing`
     mm). Its largest piece is opened by `open_mm` (eroded by that Euclidean distance, the
     largest piece kept, grown back by the same distance inside the foreground), which cuts the
     thin bridges by which false brain in the skull base, the face or the neck hangs on the
-    brain; then holes are filled, and the mask is grown by `grow_mm` (every voxel that near)."""
+    brain; then holes are filled."""
     brain = largest_piece(labels > 0)
     if open_mm > 0 and brain.any():
         sampling = tuple(float(s) for s in spacing)
@@ -58,11 +52,7 @@ def brain_mask(
             core = largest_piece(core)
             grown = ndimage.distance_transform_edt(~core, sampling=sampling) <= open_mm
             brain = largest_piece(grown & brain)
-    brain = ndimage.binary_fill_holes(brain)
-    if grow_mm > 0 and brain.any():
-        sampling = tuple(float(s) for s in spacing)
-        brain = ndimage.distance_transform_edt(~brain, sampling=sampling) <= grow_mm
-    return brain
+    return ndimage.binary_fill_holes(brain)
 
 
 def apply(labels: np.ndarray, mode: Postprocess | str) -> np.ndarray:

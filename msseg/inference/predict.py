@@ -113,7 +113,6 @@ class Options:
     strip_model: model_lib.LoadedModel | None = dataclasses.field(
         default=None, compare=False, repr=False
     )
-    strip_margin_mm: float = post.STRIP_MARGIN_MM  # the stripped brain grown by this (mm)
 
     def __post_init__(self):
         object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
@@ -124,8 +123,6 @@ class Options:
             raise ValueError(f"devices must be an integer >= 0, got {self.devices!r}")
         if not isinstance(self.space, int) or isinstance(self.space, bool) or self.space < 1:
             raise ValueError(f"space must be an integer >= 1, got {self.space!r}")
-        if not (np.isfinite(self.strip_margin_mm) and self.strip_margin_mm >= 0):
-            raise ValueError(f"strip_margin_mm must be >= 0, got {self.strip_margin_mm!r}")
         w = self.window
         if isinstance(w, str | list | tuple) and w != WHOLE:
             ok = (
@@ -312,15 +309,12 @@ class Segmenter:
                 ),
             )
 
-    def brain_mask(
-        self, volume: io.Volume, key: jax.Array, grow_mm: float = 0.0
-    ) -> tuple[np.ndarray, int]:
+    def brain_mask(self, volume: io.Volume, key: jax.Array) -> tuple[np.ndarray, int]:
         """[X, Y, Z] bool on `volume`'s canonical grid: the brain this model finds
-        (`postprocess.brain_mask`: labels > 0, opened, the largest piece, holes filled, grown
-        by `grow_mm`), and the windows it took."""
+        (`postprocess.brain_mask`: labels > 0, opened, the largest piece, holes filled), and
+        the windows it took."""
         result = self.segment_volume(volume, key)
-        mask = post.brain_mask(result.labels, volume.spacing, grow_mm=grow_mm)
-        return mask, result.windows
+        return post.brain_mask(result.labels, volume.spacing), result.windows
 
     def _window_of(self, window) -> tuple[int, int, int] | None:
         """The window at the entry depth (None: per volume, `Options.window="whole"`)."""
@@ -525,7 +519,7 @@ class Segmenter:
         original, stripped_windows = volume, 0
         if self.stripper is not None:
             brain, stripped_windows = self.stripper.brain_mask(
-                volume, jax.random.fold_in(key, _STRIP_STREAM), self.opts.strip_margin_mm
+                volume, jax.random.fold_in(key, _STRIP_STREAM)
             )
             if not brain.any():
                 raise InputError(
