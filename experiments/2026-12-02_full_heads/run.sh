@@ -34,10 +34,11 @@ real() {  # NAME sample.py flags
 }
 
 train base configs/quickstart.py
-train heads configs/quickstart_heads.py
+train heads configs/quickstart_heads.py --config.train.steps=1400  # the first round's
+train heads3000 configs/quickstart_heads.py  # its default since the second round
 TWINS="$OUT/twins"
 [ -f "$TWINS/dataset.json" ] || "$PY" experiments/2026-11-30_synthetic_heads/twins.py "$TWINS"
-B="$OUT/base/model" H="$OUT/heads/model"
+B="$OUT/base/model" H="$OUT/heads/model" H3="$OUT/heads3000/model"
 ev base_stripped "$B" mni152
 ev base_full "$B" mni152-heads
 ev base_twins "$B" "$TWINS"
@@ -46,11 +47,15 @@ ev heads_full "$H" mni152-heads
 ev heads_twins "$H" "$TWINS"
 ev strip_stripped "$B" mni152 --strip_model="$H"
 ev strip_full "$B" mni152-heads --strip_model="$H"
+ev strip3000_stripped "$B" mni152 --strip_model="$H3"
+ev strip3000_full "$B" mni152-heads --strip_model="$H3"
 real quickstart --model="$B"
 real heads --model="$H"
 real strip --model="$B" --strip_model="$H"
+real strip_3000 --model="$B" --strip_model="$H3"
 E="$OUT/eval"
 "$PY" "$HERE/summarize.py" "without heads=$E/base_stripped" \
   "without heads, full head=-,$E/base_full,$E/base_twins" \
   "heads=$E/heads_stripped,$E/heads_full,$E/heads_twins" \
-  "strip, then segment=$E/strip_stripped,$E/strip_full,$E/base_twins"
+  "strip, then segment=$E/strip_stripped,$E/strip_full,$E/base_twins" \
+  "stripper at 3000 steps, then segment=$E/strip3000_stripped,$E/strip3000_full,$E/base_twins"
