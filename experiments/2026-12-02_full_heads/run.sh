@@ -3,7 +3,8 @@
 # (configs/quickstart_heads.py), each on the skull-stripped test split (mni152), the full-head
 # test split (mni152-heads) and the full-head subjects skull-stripped with their true mask (the
 # twins); strip-then-segment (evaluate.py --strip_model: the full-head model strips, the model
-# without heads segments) on both splits; then Colin27 (a real full-head T1 from Debian's
+# without heads segments) on both splits, with the full-head model at 1400 steps (the first
+# round) and at its config's 3000 (the second); then Colin27 (a real full-head T1 from Debian's
 # mricron-data, shown only) with each route; then the table (summarize.py). Resumable.
 #   bash experiments/2026-12-02_full_heads/run.sh OUT
 set -euo pipefail
