@@ -256,13 +256,13 @@ def test_largest_component_keeps_the_brains_largest_piece_with_its_labels():
     np.testing.assert_array_equal(postprocess.apply(labels, "none"), labels)
 
 
-def _fragmented(model: model_lib.LoadedModel) -> model_lib.LoadedModel:
-    """`model` with its background logit raised, so that its foreground (on `_noise_scan`)
-    breaks into many pieces."""
+def _fragmented(model: model_lib.LoadedModel, by: float = 1.8) -> model_lib.LoadedModel:
+    """`model` with its background logit raised by `by`: by 1.8 its foreground (on
+    `_noise_scan`) breaks into many pieces."""
 
     def raise_background(path, a):
         head_bias = a.shape == (model.num_classes,) and "bias" in jax.tree_util.keystr(path)
-        return a.at[0].add(1.8) if head_bias else a
+        return a.at[0].add(by) if head_bias else a
 
     return dataclasses.replace(
         model, params=jax.tree_util.tree_map_with_path(raise_background, model.params)
@@ -321,29 +321,36 @@ def test_postprocess_largest_leaves_one_piece_of_what_none_labels(model, tmp_pat
 def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_to_0(
     model, tmp_path
 ):
-    """strip_model: the stripping model's brain (largest piece, holes filled; its own noise
-    stream) zeroes the rest of the scan, then the model segments that; windows add up and the
-    result keeps the original scan (for the QC picture)."""
+    """strip_model: the stripping model's brain (opened by strip_open_mm, largest piece, holes
+    filled; its own noise stream) zeroes the rest of the scan, then the model segments that;
+    windows add up and the result keeps the original scan (for the QC picture)."""
 
-    stripper = _fragmented(model)
     volume = io.load_image(_noise_scan(tmp_path / "scan.nii.gz"))
     key = jax.random.key(3)
-    strip = predict.Segmenter(
-        stripper, predict.Options(model_lib.sampler_config(stripper), postprocess="largest")
-    ).segment_volume(volume, jax.random.fold_in(key, predict._STRIP_STREAM))
-    brain = postprocess.brain_mask(strip.labels, volume.spacing)
-    assert 0 < brain.sum() < brain.size
     cfg = model_lib.sampler_config(model)
-    stripped = dataclasses.replace(volume, data=np.where(brain, volume.data, 0))
-    want = predict.Segmenter(model, predict.Options(cfg)).segment_volume(stripped, key)
-    got = predict.Segmenter(model, predict.Options(cfg, strip_model=stripper)).segment_volume(
-        volume, key
-    )
-    np.testing.assert_array_equal(got.labels, want.labels)
-    assert got.windows == want.windows + strip.windows
-    assert got.volume is volume
     plain = predict.Segmenter(model, predict.Options(cfg)).segment_volume(volume, key)
-    assert (plain.labels != got.labels).any()
+    brains = []
+    # a stripper whose foreground is in pieces (the default opening), and one whose single
+    # piece an 8 mm opening trims
+    for by, open_mm in ((1.8, None), (1.0, 0.0), (1.0, 8.0)):
+        stripper = _fragmented(model, by)
+        strip = predict.Segmenter(stripper, predict.Options(cfg)).segment_volume(
+            volume, jax.random.fold_in(key, predict._STRIP_STREAM)
+        )
+        args = () if open_mm is None else (open_mm,)
+        brain = postprocess.brain_mask(strip.labels, volume.spacing, *args)
+        brains.append(brain)
+        assert 0 < brain.sum() < brain.size
+        stripped = dataclasses.replace(volume, data=np.where(brain, volume.data, 0))
+        want = predict.Segmenter(model, predict.Options(cfg)).segment_volume(stripped, key)
+        extra = {} if open_mm is None else {"strip_open_mm": open_mm}
+        opts = predict.Options(cfg, strip_model=stripper, **extra)
+        got = predict.Segmenter(model, opts).segment_volume(volume, key)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert got.windows == want.windows + strip.windows
+        assert got.volume is volume
+        assert (plain.labels != got.labels).any()
+    assert (brains[1] != brains[2]).any()  # the opening radius is the one asked for
 
 
 def test_a_strip_model_that_finds_no_brain_is_a_clear_error(model, tmp_path):
@@ -362,6 +369,12 @@ def test_a_strip_model_that_finds_no_brain_is_a_clear_error(model, tmp_path):
     opts = predict.Options(model_lib.sampler_config(model), strip_model=blind)
     with pytest.raises(InputError, match=r"scan\.nii\.gz: the strip model found no brain"):
         predict.Segmenter(model, opts).segment_volume(io.load_image(path), jax.random.key(0))
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "6"])
+def test_a_strip_opening_that_is_not_a_distance_is_refused(bad):
+    with pytest.raises(ValueError, match=r"strip_open_mm must be a number >= 0"):
+        predict.Options(seg.SamplerConfig(), strip_open_mm=bad)
 
 
 def test_an_unknown_postprocess_is_refused():

@@ -140,6 +140,7 @@ def _model_mode():
             tta=FLAGS.tta,
             postprocess=FLAGS.postprocess,
             strip_model=strip,
+            strip_open_mm=FLAGS.strip_open_mm,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

@@ -86,6 +86,7 @@ def main(argv):
             tta=FLAGS.tta,
             postprocess=FLAGS.postprocess,
             strip_model=strip,
+            strip_open_mm=FLAGS.strip_open_mm,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

@@ -74,9 +74,16 @@ def define_sampling_flags() -> None:
         "strip_model",
         None,
         "A full-head model directory that strips each scan first: its brain (labels > 0, the "
-        "largest piece opened by 6 mm, holes filled) is kept, every other voxel set to 0, "
-        "then --model segments it (SynthStrip-then-segment); its own sampler settings; "
-        "windows add up.",
+        "largest piece opened by --strip_open_mm, holes filled) is kept, every other voxel "
+        "set to 0, then --model segments it (SynthStrip-then-segment); its own sampler "
+        "settings; windows add up.",
+    )
+    flags.DEFINE_float(
+        "strip_open_mm",
+        postprocess.OPEN_MM,
+        "With --strip_model: the opening radius (mm) of its brain: eroded by it, the largest "
+        "piece kept, grown back inside the brain, which cuts thin bridges to false brain in "
+        "the skull base or neck; 0 = no opening.",
     )
     flags.DEFINE_enum(
         "route",

@@ -113,6 +113,9 @@ class Options:
     strip_model: model_lib.LoadedModel | None = dataclasses.field(
         default=None, compare=False, repr=False
     )
+    # the opening radius of the stripping model's brain (mm; 0 = none): thin bridges to false
+    # brain in the skull base or the neck are cut, a brain thinner than 2x this is lost
+    strip_open_mm: float = post.OPEN_MM
 
     def __post_init__(self):
         object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
@@ -135,6 +138,9 @@ class Options:
             object.__setattr__(self, "window", tuple(w))
         elif w is not None and w != WHOLE:
             raise ValueError(f"window must be 3 positive integers or {WHOLE!r}, got {w!r}")
+        r = self.strip_open_mm
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < float("inf"):
+            raise ValueError(f"strip_open_mm must be a number >= 0, got {r!r}")
         if not isinstance(self.input_depth, int) or self.input_depth < 0:
             raise ValueError(f"input_depth must be an integer >= 0, got {self.input_depth!r}")
         level = self.level
@@ -309,12 +315,14 @@ class Segmenter:
                 ),
             )
 
-    def brain_mask(self, volume: io.Volume, key: jax.Array) -> tuple[np.ndarray, int]:
+    def brain_mask(
+        self, volume: io.Volume, key: jax.Array, open_mm: float = post.OPEN_MM
+    ) -> tuple[np.ndarray, int]:
         """[X, Y, Z] bool on `volume`'s canonical grid: the brain this model finds
-        (`postprocess.brain_mask`: labels > 0, opened, the largest piece, holes filled), and
-        the windows it took."""
+        (`postprocess.brain_mask`: labels > 0, opened by `open_mm`, the largest piece, holes
+        filled), and the windows it took."""
         result = self.segment_volume(volume, key)
-        return post.brain_mask(result.labels, volume.spacing), result.windows
+        return post.brain_mask(result.labels, volume.spacing, open_mm), result.windows
 
     def _window_of(self, window) -> tuple[int, int, int] | None:
         """The window at the entry depth (None: per volume, `Options.window="whole"`)."""
@@ -519,7 +527,7 @@ class Segmenter:
         original, stripped_windows = volume, 0
         if self.stripper is not None:
             brain, stripped_windows = self.stripper.brain_mask(
-                volume, jax.random.fold_in(key, _STRIP_STREAM)
+                volume, jax.random.fold_in(key, _STRIP_STREAM), self.opts.strip_open_mm
             )
             if not brain.any():
                 raise InputError(
