@@ -15,7 +15,7 @@ import numpy as np
 
 from msseg.inference import postprocess as post
 
-RADII_MM = (0, 1, 2, 3, 4, 5, 6, 8, 10)
+RADII_MM = (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16)
 
 
 def main(seg_dir: str, label_dir: str) -> None:
