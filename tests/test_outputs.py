@@ -318,6 +318,23 @@ def test_postprocess_largest_leaves_one_piece_of_what_none_labels(model, tmp_pat
     np.testing.assert_array_equal(largest.entropy, plain.entropy)
 
 
+def test_bounded_keeps_the_brain_only_near_the_bounding_brain_in_mm():
+    """A fine brain (a ball and, joined to it by a thick neck, a blob) bounded by a coarse
+    brain (a smaller ball): the blob goes, the ball is kept where it lies within 2 mm of the
+    coarse ball, on any grid spacing."""
+    g = np.indices((40, 30, 30)).astype(np.float32)
+    d = np.sqrt(((g - np.array([12, 15, 15])[:, None, None, None]) ** 2).sum(0))
+    ball, small = d <= 9, d <= 8
+    neck = np.zeros_like(ball)
+    neck[12:, 10:20, 10:20] = True
+    fine = ball | neck
+    for spacing, grow in (((1.0, 1.0, 1.0), 2.0), ((0.5, 0.5, 0.5), 1.0)):
+        kept = postprocess.bounded(fine, small, spacing, grow)
+        assert kept[ball].all()  # within 1 voxel of the small ball: 2 mm at 1 mm, 1 mm at 0.5
+        assert not kept[30:].any() and not (kept & ~fine).any()
+    assert not postprocess.bounded(fine, small, (1.0, 1.0, 1.0), 0.0)[ball & ~small].any()
+
+
 def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_to_0(
     model, tmp_path
 ):
@@ -351,6 +368,33 @@ def test_a_strip_model_segments_the_scan_with_everything_outside_its_brain_set_t
         assert got.volume is volume
         assert (plain.labels != got.labels).any()
     assert (brains[1] != brains[2]).any()  # the opening radius is the one asked for
+
+
+def test_a_bounding_strip_model_keeps_the_strip_model_brain_within_its_own(model, tmp_path):
+    """strip_bound_model: the strip model's brain is kept within post.BOUND_MM of the second
+    model's brain (its own noise stream, opened likewise); the scan is segmented after that,
+    and the windows of all three models add up."""
+    volume = io.load_image(_noise_scan(tmp_path / "scan.nii.gz"))
+    key = jax.random.key(5)
+    cfg = model_lib.sampler_config(model)
+    strip, bound = _fragmented(model, 1.0), _fragmented(model, 1.8)
+    masks, windows = [], 0
+    for m, stream in ((strip, predict._STRIP_STREAM), (bound, predict._BOUND_STREAM)):
+        r = predict.Segmenter(m, predict.Options(cfg)).segment_volume(
+            volume, jax.random.fold_in(key, stream)
+        )
+        masks.append(postprocess.brain_mask(r.labels, volume.spacing))
+        windows += r.windows
+    brain = postprocess.bounded(*masks, volume.spacing)
+    assert 0 < brain.sum() < masks[0].sum()  # the bound removes part of the brain
+    stripped = dataclasses.replace(volume, data=np.where(brain, volume.data, 0))
+    want = predict.Segmenter(model, predict.Options(cfg)).segment_volume(stripped, key)
+    opts = predict.Options(cfg, strip_model=strip, strip_bound_model=bound)
+    got = predict.Segmenter(model, opts).segment_volume(volume, key)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    assert got.windows == want.windows + windows
+    with pytest.raises(ValueError, match="strip_bound_model bounds a strip_model's brain"):
+        predict.Options(cfg, strip_bound_model=bound)
 
 
 def test_a_strip_model_that_finds_no_brain_is_a_clear_error(model, tmp_path):

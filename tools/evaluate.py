@@ -130,7 +130,7 @@ def _model_mode():
 
     try:
         model, cfg = cli.open_model(FLAGS)
-        strip = cli.open_strip_model(FLAGS)
+        strip, bound = cli.open_strip_models(FLAGS)
         opts = predict.Options(
             cfg,
             FLAGS.seed,
@@ -141,6 +141,7 @@ def _model_mode():
             postprocess=FLAGS.postprocess,
             strip_model=strip,
             strip_open_mm=FLAGS.strip_open_mm,
+            strip_bound_model=bound,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

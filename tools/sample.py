@@ -70,7 +70,7 @@ def main(argv):
         level = predict.parse_level(FLAGS.level)
         files.check_output_dir(FLAGS.output)  # creates nothing; cohort.run creates it
         model, cfg = cli.open_model(FLAGS)
-        strip = cli.open_strip_model(FLAGS)
+        strip, bound = cli.open_strip_models(FLAGS)
         predict.check_level(level, model.protocol)
         inputs = predict.find_inputs(FLAGS.input)
     except (InputError, FileNotFoundError, ValueError) as e:
@@ -87,6 +87,7 @@ def main(argv):
             postprocess=FLAGS.postprocess,
             strip_model=strip,
             strip_open_mm=FLAGS.strip_open_mm,
+            strip_bound_model=bound,
             devices=FLAGS.devices,
             space=FLAGS.space,
             window=cli.window(FLAGS),

@@ -78,6 +78,14 @@ def define_sampling_flags() -> None:
         "set to 0, then --model segments it (SynthStrip-then-segment); its own sampler "
         "settings; windows add up.",
     )
+    flags.DEFINE_string(
+        "strip_bound_model",
+        None,
+        "With --strip_model: a second full-head model, typically a coarse one that sees the "
+        "whole head in one window (configs/quickstart_heads_4mm.py); --strip_model's brain is "
+        "kept only within 2 mm of this model's brain (opened likewise), which removes what "
+        "the first takes for brain in the neck; its windows add up too.",
+    )
     flags.DEFINE_float(
         "strip_open_mm",
         postprocess.OPEN_MM,
@@ -122,12 +130,16 @@ def _route(values: flags.FlagValues) -> tuple[str, str]:
     return route, conv_impl
 
 
-def open_strip_model(values: flags.FlagValues) -> model_lib.LoadedModel | None:
-    """--strip_model opened on --model's route (None without the flag)."""
-    if not values.strip_model:
-        return None
+def open_strip_models(
+    values: flags.FlagValues,
+) -> tuple[model_lib.LoadedModel | None, model_lib.LoadedModel | None]:
+    """--strip_model and --strip_bound_model opened on --model's route (None for a flag not
+    given)."""
     route, conv_impl = _route(values)
-    return model_lib.load_model(values.strip_model, route=route, conv_impl=conv_impl)
+    return tuple(
+        model_lib.load_model(path, route=route, conv_impl=conv_impl) if path else None
+        for path in (values.strip_model, values.strip_bound_model)
+    )
 
 
 def window(values: flags.FlagValues) -> tuple[int, int, int] | str | None:

@@ -33,6 +33,7 @@ from msseg.data import datasets
 from msseg.errors import InputError
 from msseg.evaluation import calibration, plots, report
 from msseg.inference import model as model_lib
+from msseg.inference import postprocess as post
 from msseg.inference import predict
 from msseg.inference import progress as progress_lib
 from msseg.labels import Protocol
@@ -58,6 +59,13 @@ def _settings(model, data, split, opts, depth: int, first: bool, hd95_mode: str)
         "strip_model": None
         if opts.strip_model is None
         else [str(opts.strip_model.path), digest(opts.strip_model.metadata), opts.strip_open_mm],
+        "strip_bound_model": None
+        if opts.strip_bound_model is None
+        else [
+            str(opts.strip_bound_model.path),
+            digest(opts.strip_bound_model.metadata),
+            post.BOUND_MM,
+        ],
         "depth": depth,
         "first_depth": first,  # records of the first depth hold the volumes row and preview
         "hd95_mode": hd95_mode,

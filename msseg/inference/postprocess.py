@@ -1,7 +1,8 @@
 """Post-processing of a segmentation on the input's grid, as nnU-Net and FastSurfer do it: the
 brain is one connected piece, so whatever a model labels outside it (in the face, the neck, the
 skull base of a full-head scan) is dropped. `brain_mask` is what a stripping model's output
-becomes before the second model segments the stripped scan (`--strip_model`).
+becomes before the second model segments the stripped scan (`--strip_model`); `bounded` keeps
+it within a second stripper's brain (`--strip_bound_model`).
 
   none     the labels as decided
   largest  only the largest connected component of the brain (every label > 0, face-connected
@@ -25,6 +26,7 @@ class Postprocess(enum.StrEnum):
 
 POSTPROCESSES = tuple(p.value for p in Postprocess)
 OPEN_MM = 6.0  # brain_mask's opening radius (chosen on the mni152-heads validation split)
+BOUND_MM = 2.0  # how far a bounding stripper's brain is grown (chosen on the same split)
 
 
 def largest_component(labels: np.ndarray) -> np.ndarray:
@@ -53,6 +55,16 @@ def brain_mask(labels: np.ndarray, spacing, open_mm: float = OPEN_MM) -> np.ndar
             grown = ndimage.distance_transform_edt(~core, sampling=sampling) <= open_mm
             brain = largest_piece(grown & brain)
     return ndimage.binary_fill_holes(brain)
+
+
+def bounded(brain: np.ndarray, bound: np.ndarray, spacing, grow_mm: float = BOUND_MM):
+    """[X, Y, Z] bool: `brain` where it lies within `grow_mm` (Euclidean, on a grid of
+    `spacing` mm) of `bound`, another stripper's brain. A coarse stripper that sees the whole
+    head in one window does not take the neck for brain, and a fine one draws the sharper
+    boundary: the fine brain bounded by the coarse keeps the best of both."""
+    sampling = tuple(float(s) for s in spacing)
+    near = ndimage.distance_transform_edt(~bound, sampling=sampling) <= grow_mm
+    return brain & near
 
 
 def apply(labels: np.ndarray, mode: Postprocess | str) -> np.ndarray:

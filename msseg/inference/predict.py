@@ -62,6 +62,7 @@ from msseg.labels import LevelTables, Protocol
 
 _FLIP_STREAM = 0x5EED_F11B  # the flipped pass's noise: its own stream of the case's key
 _STRIP_STREAM = 0x5EED_57B1  # the stripping model's noise: its own stream of the case's key
+_BOUND_STREAM = 0x5EED_B0DD  # the bounding stripper's noise: its own stream of the case's key
 WHOLE = "whole"  # `Options.window`: the whole volume in one window
 LEVELS = ("leaves", "all")
 """`Options.level` besides a tree level number: the leaves only, or the leaves and every level."""
@@ -116,6 +117,11 @@ class Options:
     # the opening radius of the stripping model's brain (mm; 0 = none): thin bridges to false
     # brain in the skull base or the neck are cut, a brain thinner than 2x this is lost
     strip_open_mm: float = post.OPEN_MM
+    # a second stripper (e.g. a coarser one that sees the whole head): the strip model's brain
+    # is kept only within `post.BOUND_MM` of its brain (opened likewise)
+    strip_bound_model: model_lib.LoadedModel | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "tta", choice(TTA, self.tta, "tta"))
@@ -141,6 +147,8 @@ class Options:
         r = self.strip_open_mm
         if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < float("inf"):
             raise ValueError(f"strip_open_mm must be a number >= 0, got {r!r}")
+        if self.strip_bound_model is not None and self.strip_model is None:
+            raise ValueError("strip_bound_model bounds a strip_model's brain: give both")
         if not isinstance(self.input_depth, int) or self.input_depth < 0:
             raise ValueError(f"input_depth must be an integer >= 0, got {self.input_depth!r}")
         level = self.level
@@ -300,10 +308,10 @@ class Segmenter:
         # an ensemble of a diffusion model: the members' variance is blended and written too
         self.ensemble = model.diffusion and opts.sampler.ensemble > 1
         self.tree = model.protocol.level_tables()
-        self.stripper = None
-        if opts.strip_model is not None:
-            strip = opts.strip_model
-            self.stripper = Segmenter(
+        self.stripper, self.bounder = (
+            None
+            if strip is None
+            else Segmenter(
                 strip,
                 Options(
                     model_lib.sampler_config(strip),
@@ -314,6 +322,8 @@ class Segmenter:
                     space=opts.space,
                 ),
             )
+            for strip in (opts.strip_model, opts.strip_bound_model)
+        )
 
     def brain_mask(
         self, volume: io.Volume, key: jax.Array, open_mm: float = post.OPEN_MM
@@ -529,6 +539,12 @@ class Segmenter:
             brain, stripped_windows = self.stripper.brain_mask(
                 volume, jax.random.fold_in(key, _STRIP_STREAM), self.opts.strip_open_mm
             )
+            if self.bounder is not None:
+                bound, n = self.bounder.brain_mask(
+                    volume, jax.random.fold_in(key, _BOUND_STREAM), self.opts.strip_open_mm
+                )
+                brain = post.bounded(brain, bound, volume.spacing)
+                stripped_windows += n
             if not brain.any():
                 raise InputError(
                     volume.path, "the strip model found no brain in it (is it a head scan?)"
