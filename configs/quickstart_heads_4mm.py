@@ -4,10 +4,13 @@
 --strip_bound_model beside --strip_model=<quickstart_heads model>: the 2 mm brain is kept
 within 2 mm of this model's (experiments/2026-12-02_full_heads, "Third round").
 
-  python tools/train.py --config=configs/quickstart_heads_4mm.py --workdir=runs/heads4mm
-  python tools/export.py --workdir=runs/heads4mm --output=runs/heads4mm/model
+  python tools/train.py --config=configs/quickstart_heads_4mm.py --workdir=runs/heads_4mm
+  python tools/export.py --workdir=runs/heads_4mm --output=runs/heads_4mm/model
   python tools/sample.py --model=runs/quickstart/model --strip_model=runs/heads/model \
-      --strip_bound_model=runs/heads4mm/model ...
+      --strip_bound_model=runs/heads_4mm/model ...
+
+(tools/strippers.sh runs both trainings.) Alone as the stripper: full-head brain Dice 0.975,
+leaf 2.1 points below the twins; bounding the 2 mm stripper: 0.982 and 1.3.
 """
 
 import runpy
