@@ -41,6 +41,11 @@ from msseg.labels import Protocol
 RECORDS = "cases"  # REPORT/cases/[depth<d>/]<case>.npz: one scored case, reused by a rerun
 
 
+def _model_id(model, setting) -> list | None:
+    """A stripping model in a case record's settings: its path, digest and `setting`."""
+    return None if model is None else [str(model.path), digest(model.metadata), setting]
+
+
 def _settings(model, data, split, opts, depth: int, first: bool, hd95_mode: str) -> dict:
     """What a case record's figures depend on: a record made with other settings is redone.
     (The data-axis device count is not among them: each chunk of windows has its own key.)"""
@@ -56,16 +61,8 @@ def _settings(model, data, split, opts, depth: int, first: bool, hd95_mode: str)
         "input_depth": opts.input_depth,
         "tta": str(opts.tta),
         "postprocess": str(opts.postprocess),
-        "strip_model": None
-        if opts.strip_model is None
-        else [str(opts.strip_model.path), digest(opts.strip_model.metadata), opts.strip_open_mm],
-        "strip_bound_model": None
-        if opts.strip_bound_model is None
-        else [
-            str(opts.strip_bound_model.path),
-            digest(opts.strip_bound_model.metadata),
-            post.BOUND_MM,
-        ],
+        "strip_model": _model_id(opts.strip_model, opts.strip_open_mm),
+        "strip_bound_model": _model_id(opts.strip_bound_model, post.BOUND_MM),
         "depth": depth,
         "first_depth": first,  # records of the first depth hold the volumes row and preview
         "hd95_mode": hd95_mode,
