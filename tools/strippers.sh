@@ -2,7 +2,7 @@
 # The two strippers for full-head scans (README, "Real scans"), trained on the embedded mni152
 # and mni152-heads sets and exported: configs/quickstart_heads.py into $OUT/heads (2 mm, the
 # brain's boundary; --strip_model) and configs/quickstart_heads_4mm.py into $OUT/heads_4mm
-# (4 mm, about the whole head in one window; --strip_bound_model). About 25 minutes on 2
+# (4 mm, about the whole head in one window; --strip_bound_model). About 30 minutes on 2
 # cores. Extra arguments go to both tools/train.py runs (e.g. --config.train.steps=100); a
 # rerun resumes training where the last stopped.
 set -euo pipefail
